@@ -1,0 +1,1 @@
+"""The pipeline's stages, one script each, and the code they share."""

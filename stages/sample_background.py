@@ -1,0 +1,38 @@
+"""Draw the SHAP background: a seeded random sample of training images, without replacement.
+
+Reads: the train directory written by preprocess.
+Writes: the background images, (size, 28, 28, 1) float32, as .npy.
+"""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from stages.common import PipelineError, load_split, read_params, require_positive, run, save_npy
+
+
+def sample_background(images: np.ndarray, size: int, seed: int) -> np.ndarray:
+    """Return size images drawn at random without replacement, in the order drawn."""
+    if size > len(images):
+        raise PipelineError(
+            f"sample_background.size is {size}, but the training set has only {len(images)} images; "
+            f"lower it in params.yaml"
+        )
+    rng = np.random.default_rng(seed)
+    return images[rng.choice(len(images), size=size, replace=False)]
+
+
+def main() -> None:
+    params = read_params("sample_background", {"seed": int, "size": int})
+    require_positive("sample_background.size", params["size"])
+    train_dir, background_path = Path(sys.argv[1]), Path(sys.argv[2])
+
+    x_train, _ = load_split(train_dir)
+    background = sample_background(x_train, params["size"], params["seed"])
+    save_npy(background_path, background)
+    print(f"sample_background: {background.shape} from {len(x_train)} training images")
+
+
+if __name__ == "__main__":
+    run(main)

@@ -1,0 +1,59 @@
+"""Train the lab's CNN, validating on the test set after every epoch.
+
+Reads: the train and test directories written by preprocess.
+Writes: the model's weights (.weights.h5, whose bytes depend only on the weights, unlike a
+.keras file that embeds its save date) and a DVCLive directory with per-epoch metrics.
+"""
+
+import sys
+from pathlib import Path
+
+import keras
+from dvclive import Live
+from dvclive.keras import DVCLiveCallback
+
+from stages.common import atomic_path, is_terminal, load_split, read_params, require_positive, run
+from stages.model import build_model, set_seed
+
+
+def compile_model(learning_rate: float) -> keras.Model:
+    model = build_model()
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
+        loss=keras.losses.SparseCategoricalCrossentropy(),
+        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+    )
+    return model
+
+
+def main() -> None:
+    params = read_params("train", {"seed": int, "epochs": int, "batch_size": int, "learning_rate": float})
+    for key in ("epochs", "batch_size", "learning_rate"):
+        require_positive(f"train.{key}", params[key])
+    train_dir, test_dir, model_path, live_dir = (Path(arg) for arg in sys.argv[1:5])
+
+    x_train, y_train = load_split(train_dir)
+    x_test, y_test = load_split(test_dir)
+    print(f"train: x_train {x_train.shape}, x_test {x_test.shape}, {params['epochs']} epochs")
+
+    set_seed(params["seed"])
+    model = compile_model(params["learning_rate"])
+    with atomic_path(live_dir) as live_temporary, atomic_path(model_path) as model_temporary:
+        # dvc.yaml is kept by hand and experiments are made by `dvc exp run`, so DVCLive
+        # must neither rewrite dvc.yaml nor create experiments of its own.
+        with Live(str(live_temporary), dvcyaml=False, save_dvc_exp=False) as live:
+            model.fit(
+                x_train,
+                y_train,
+                batch_size=params["batch_size"],
+                epochs=params["epochs"],
+                validation_data=(x_test, y_test),
+                callbacks=[DVCLiveCallback(live=live)],
+                # A progress bar per epoch on a terminal, one line per epoch in a CI log.
+                verbose=1 if is_terminal() else 2,
+            )
+        model.save_weights(model_temporary)
+
+
+if __name__ == "__main__":
+    run(main)
