@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import shap
+import tensorflow as tf
 from tqdm import tqdm
 
 from stages.common import CLASS_NAMES, first_of_each_class, is_terminal, load_split, run, save_json, save_npy
@@ -23,13 +24,16 @@ TOP = 3
 
 def shap_values(model, background: np.ndarray, images: np.ndarray) -> np.ndarray:
     """Return shap.DeepExplainer's values, (images, 28, 28, 1, classes), one image at a time for progress."""
-    explainer = shap.DeepExplainer(model, background)
-    values = []
-    for image in tqdm(images, desc="explain", unit="image", disable=not is_terminal()):
-        with warnings.catch_warnings():
-            # shap feeds the functional model a list; Keras warns about the structure and copes.
-            warnings.filterwarnings("ignore", message="The structure of `inputs`")
-            values.append(explainer.shap_values(image[np.newaxis], check_additivity=False))
+    # shap feeds the functional model a list, and traces a graph per class: Keras and TensorFlow
+    # warn about both on every call, and cope.
+    tf.get_logger().setLevel("ERROR")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The structure of `inputs`")
+        explainer = shap.DeepExplainer(model, background)
+        values = [
+            explainer.shap_values(image[np.newaxis], check_additivity=False)
+            for image in tqdm(images, desc="explain", unit="image", disable=not is_terminal())
+        ]
     return np.concatenate(values)
 
 

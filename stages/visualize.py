@@ -44,9 +44,8 @@ def reference_row(references: np.ndarray):
 def shap_plot(values: np.ndarray, images: np.ndarray, labels: np.ndarray, probabilities: np.ndarray):
     """Return shap.image_plot's figure of values (images, 28, 28, 1, classes), on inverted images as in the lab."""
     predicted = probabilities.argmax(axis=1)
-    row_titles = [
-        f"{CLASS_NAMES[label]}\npredicted {CLASS_NAMES[p]}" for label, p in zip(labels, predicted)
-    ]
+    # One line per title: shap draws it above the image, and a second line would overlap the row above.
+    row_titles = [f"{CLASS_NAMES[label]} -> {CLASS_NAMES[p]}" for label, p in zip(labels, predicted)]
     per_class = [values[..., c] for c in range(values.shape[-1])]  # image_plot wants one array per class
     shap.image_plot(per_class, -images, true_labels=row_titles, width=FIGURE_WIDTH, show=False)
     figure = plt.gcf()

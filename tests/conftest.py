@@ -1,0 +1,169 @@
+"""Tiny synthetic Fashion-MNIST files and throwaway git + DVC projects for the tests.
+
+Every test runs the real code (real TensorFlow, shap and dvc) on data made here: a few hundred
+28x28 images whose class is drawn into them, so a model learns something in one epoch.
+"""
+
+import gzip
+import hashlib
+import os
+import shutil
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+TRAIN_SIZE = 200
+TEST_SIZE = 60
+BACKGROUND_SIZE = 20
+
+# Quiet TensorFlow in the stages the tests start.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def synthetic_split(size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Return (images (size, 28, 28) uint8, labels (size,) uint8): class k lights row band k, plus noise."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(size, dtype=np.uint8) % 10
+    images = rng.integers(0, 60, size=(size, 28, 28), dtype=np.uint8)
+    for image, label in zip(images, labels):
+        image[2 + 2 * label : 4 + 2 * label, 4:24] = 255
+    return images, labels
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    """Return array (uint8) in the IDX format: magic 0x0000 0x08 ndim, big-endian sizes, data."""
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    return header + array.astype(np.uint8).tobytes()
+
+
+def write_raw_files(directory: Path) -> dict[str, str]:
+    """Write the four synthetic .gz IDX files; return the SHA-256 of each one's content, by base name."""
+    directory.mkdir(parents=True, exist_ok=True)
+    hashes = {}
+    for prefix, size, seed in (("train", TRAIN_SIZE, 0), ("t10k", TEST_SIZE, 1)):
+        images, labels = synthetic_split(size, seed)
+        for kind, array in (("images-idx3-ubyte", images), ("labels-idx1-ubyte", labels)):
+            name = f"{prefix}-{kind}"
+            content = idx_bytes(array)
+            # mtime=0: the same content always gives the same .gz bytes.
+            with open(directory / f"{name}.gz", "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as file:
+                file.write(content)
+            hashes[name] = hashlib.sha256(content).hexdigest()
+    return hashes
+
+
+def tiny_params(search_dir: Path, hashes: dict[str, str]) -> dict:
+    """Return params.yaml's content, pointed at the synthetic files and shrunk for speed."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["fetch"]["search_dirs"] = [str(search_dir)]
+    params["fetch"]["url"] = "http://127.0.0.1:9/"  # nothing listens there: no test downloads by accident
+    params["fetch"]["sha256"] = hashes
+    params["train"]["epochs"] = 1
+    params["sample_background"]["size"] = BACKGROUND_SIZE
+    return params
+
+
+def write_params(directory: Path, params: dict) -> None:
+    (directory / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def run(command: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    """Run a command, returning its output; on an unexpected failure show what it printed."""
+    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        pytest.fail(f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def run_stage(stage: str, *args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    """Run one stage as dvc.yaml does, python -m stages.<stage>, in cwd (where its params.yaml is)."""
+    return run([sys.executable, "-m", f"stages.{stage}", *args], cwd=cwd, check=check)
+
+
+def dvc(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    return run(["dvc", *args], cwd=cwd, check=check)
+
+
+def git(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return run(["git", *args], cwd=cwd)
+
+
+def stages_run(output: str) -> list[str]:
+    """Return the stages a `dvc repro` or `dvc exp run` executed, from its "Running stage" lines."""
+    return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")]
+
+
+@pytest.fixture(scope="session")
+def raw_files(tmp_path_factory) -> tuple[Path, dict[str, str]]:
+    """The directory of the four synthetic .gz files, and their content hashes."""
+    directory = tmp_path_factory.mktemp("raw")
+    return directory, write_raw_files(directory)
+
+
+@pytest.fixture
+def workdir(tmp_path, raw_files) -> Path:
+    """A directory with tiny params.yaml, where single stages run."""
+    write_params(tmp_path, tiny_params(*raw_files))
+    return tmp_path
+
+
+@pytest.fixture(scope="session")
+def prepared(tmp_path_factory, raw_files) -> Path:
+    """A directory where fetch, preprocess, train and sample_background ran once on the tiny data."""
+    directory = tmp_path_factory.mktemp("prepared")
+    write_params(directory, tiny_params(*raw_files))
+    run_stage("fetch", "data/raw", cwd=directory)
+    run_stage("preprocess", "data/raw", "data/train", "data/test", cwd=directory)
+    run_stage("train", "data/train", "data/test", "models/model.weights.h5", "metrics/train", cwd=directory)
+    run_stage("sample_background", "data/train", "data/background.npy", cwd=directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def explained(prepared) -> Path:
+    """The prepared directory after the explain stage ran there with tiny params."""
+    run_stage(
+        "explain", "models/model.weights.h5", "data/background.npy", "data/test", "data/explanations",
+        "metrics/explain.json", cwd=prepared,
+    )
+    return prepared
+
+
+def init_project(directory: Path, raw_files: tuple[Path, dict[str, str]]) -> Path:
+    """Make directory a git + DVC project holding this pipeline with tiny params, committed."""
+    directory.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(ROOT / "stages", directory / "stages", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "dvc.yaml", directory / "dvc.yaml")
+    write_params(directory, tiny_params(*raw_files))
+    git("init", "-q", "-b", "main", cwd=directory)
+    git("config", "user.email", "tests@example.com", cwd=directory)
+    git("config", "user.name", "tests", cwd=directory)
+    dvc("init", "-q", cwd=directory)
+    dvc("config", "core.autostage", "true", cwd=directory)
+    git("add", "-A", cwd=directory)
+    git("commit", "-q", "-m", "tiny pipeline", cwd=directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def built_project(tmp_path_factory, raw_files) -> Path:
+    """A project where `dvc repro` ran once and its results are committed. Copy it, don't change it."""
+    directory = init_project(tmp_path_factory.mktemp("built") / "project", raw_files)
+    dvc("repro", cwd=directory)
+    git("add", "-A", cwd=directory)
+    git("commit", "-q", "-m", "results", cwd=directory)
+    return directory
+
+
+@pytest.fixture
+def project(tmp_path, built_project) -> Path:
+    """A fresh copy of the built project, with its DVC cache, for a test to change."""
+    directory = tmp_path / "project"
+    shutil.copytree(built_project, directory, symlinks=True)
+    return directory

@@ -1,0 +1,57 @@
+"""explain: SHAP values of the first test image of each class, and the lab's reading of them."""
+
+import json
+
+import numpy as np
+
+from stages.common import CLASS_NAMES
+from stages.explain import additivity_error, lab_reading, largest_positive_mass
+from stages.model import load_model
+
+
+def test_largest_positive_mass_ignores_negative_values():
+    values = np.zeros((1, 2, 2, 1, 3))
+    values[0, 0, 0, 0] = [0.5, -9.0, 0.2]
+    values[0, 1, 1, 0] = [0.0, 0.1, 0.4]
+    assert largest_positive_mass(values).tolist() == [2]  # 0.6 beats 0.5 and 0.1
+
+
+def test_lab_reading_of_known_values():
+    labels = np.arange(10)
+    probabilities = np.full((10, 10), 0.01)
+    probabilities[labels, labels] = 0.91
+    probabilities[4] = [0.0, 0.0, 0.3, 0.0, 0.6, 0.0, 0.1, 0.0, 0.0, 0.0]  # the coat
+    expected = np.full(10, 0.1)
+    values = np.zeros((10, 28, 28, 1, 10))
+    values[:, 0, 0, 0, :] = probabilities - expected  # all of it on one pixel: exact additivity
+    values[labels, 1, 1, 0, labels] += 1.0
+    values[labels, 2, 2, 0, labels] -= 1.0
+    reading = lab_reading(values, probabilities, expected, labels)
+    assert reading["predicted_class"]["Coat"] == 4 and reading["predicted_class"]["Bag"] == 8
+    assert reading["diagonal_share"] == 1.0
+    assert reading["additivity_error"] < 1e-12
+    assert [reading["coat_top3"][rank]["class"] for rank in "123"] == ["Coat", "Pullover", "Shirt"]
+    values[0, 0, 0, 0, 0] += 0.25
+    assert abs(additivity_error(values, probabilities, expected) - 0.25) < 1e-12
+
+
+def test_explanations_have_shaps_layout_and_add_up(explained):
+    directory = explained / "data/explanations"
+    values = np.load(directory / "shap_values.npy")
+    images = np.load(directory / "images.npy")
+    assert values.shape == (10, 28, 28, 1, 10)
+    np.testing.assert_array_equal(np.load(directory / "labels.npy"), np.arange(10))
+    x_test, y_test = np.load(explained / "data/test/x.npy"), np.load(explained / "data/test/y.npy")
+    for label in range(10):
+        np.testing.assert_array_equal(images[label], x_test[np.nonzero(y_test == label)[0][0]])
+
+    # Additivity, recomputed here from the model: SHAP values sum to f(x) - E[f(background)].
+    model = load_model(explained / "models/model.weights.h5")
+    expected = model.predict(np.load(explained / "data/background.npy"), verbose=0).mean(axis=0)
+    probabilities = model.predict(images, verbose=0)
+    totals = values.sum(axis=(1, 2, 3))
+    np.testing.assert_allclose(totals, probabilities - expected, atol=1e-5)
+
+    metrics = json.loads((explained / "metrics/explain.json").read_text())
+    assert metrics["additivity_error"] < 1e-5
+    assert metrics["predicted_class"] == {CLASS_NAMES[i]: int(p) for i, p in enumerate(probabilities.argmax(axis=1))}
