@@ -44,7 +44,7 @@ def test_branches_compare_params_metrics_and_plots(project):
     assert (params["sample_background.size"]["old"], params["sample_background.size"]["new"]) == (20, 10)
 
     metrics = json.loads(dvc("metrics", "diff", "main", "other", "--json", cwd=project).stdout)
-    assert "accuracy" in metrics["metrics/evaluate.json"]
+    assert metrics["metrics/evaluate.json"]["loss"]["new"] != metrics["metrics/evaluate.json"]["loss"]["old"]
     assert "additivity_error" in metrics["metrics/explain.json"]
     assert "step" in metrics["metrics/train/metrics.json"]  # two epochs log one more step
 
@@ -53,13 +53,18 @@ def test_branches_compare_params_metrics_and_plots(project):
     assert page.count("shap.png") >= 2 and "main" in page and "other" in page
 
 
+def experiments(project) -> list[dict]:
+    """Return the experiments `dvc exp show --json` lists under the baseline (its first row is the workspace)."""
+    workspace, baseline = json.loads(dvc("exp", "show", "--json", cwd=project).stdout)
+    return baseline["experiments"] or []
+
+
 def test_exp_run_reruns_only_what_it_must_and_shows_beside_the_baseline(project):
     result = dvc("exp", "run", "-n", "small", "-S", "train.epochs=2", "-S", "sample_background.size=10", cwd=project)
     assert set(stages_run(result.stdout)) == {"train", "evaluate", "sample_background", "explain", "visualize"}
-    rows = json.loads(dvc("exp", "show", "--json", cwd=project).stdout)
-    experiments = rows[0]["experiments"]
-    assert [exp["name"] for exp in experiments] == ["small"]
-    params = experiments[0]["revs"][0]["data"]["params"]["params.yaml"]["data"]
+    (small,) = experiments(project)
+    assert small["name"] == "small"
+    params = small["revs"][0]["data"]["params"]["params.yaml"]["data"]
     assert params["train"]["epochs"] == 2 and params["sample_background"]["size"] == 10
 
 
@@ -80,13 +85,13 @@ def test_two_queued_experiments_run_in_parallel_and_both_show(project):
     wait_for_queue(project, timeout=600)
     status = dvc("queue", "status", cwd=project).stdout
     assert status.count("Success") == 2, status
-    rows = json.loads(dvc("exp", "show", "--json", cwd=project).stdout)
-    assert sorted(exp["name"] for exp in rows[0]["experiments"]) == ["seed-1", "seed-2"]
+    assert sorted(exp["name"] for exp in experiments(project)) == ["seed-1", "seed-2"]
     dvc("queue", "stop", cwd=project, check=False)
 
 
 def test_remote_push_and_pull_restore_every_output_bit_for_bit(project, tmp_path):
     dvc("remote", "add", "-d", "shared", str(tmp_path / "remote"), cwd=project)
+    git("commit", "-q", "-am", "a shared remote", cwd=project)
     dvc("push", cwd=project)
     originals = {path: (project / path).read_bytes() for path in ("models/model.weights.h5", "data/background.npy")}
     originals["data/explanations/shap_values.npy"] = (project / "data/explanations/shap_values.npy").read_bytes()
