@@ -1,8 +1,12 @@
 """explain: SHAP values of the first test image of each class, and the lab's reading of them."""
 
 import json
+import shutil
 
 import numpy as np
+import yaml
+from conftest import run_stage, write_params
+from test_fetch import assert_one_line_error
 
 from stages.common import CLASS_NAMES
 from stages.explain import additivity_error, lab_reading, largest_positive_mass
@@ -55,3 +59,30 @@ def test_explanations_have_shaps_layout_and_add_up(explained):
     metrics = json.loads((explained / "metrics/explain.json").read_text())
     assert metrics["additivity_error"] < 1e-5
     assert metrics["predicted_class"] == {CLASS_NAMES[i]: int(p) for i, p in enumerate(probabilities.argmax(axis=1))}
+
+
+def test_both_engines_give_the_same_values(explained, tmp_path):
+    (tmp_path / "data").mkdir()
+    for name in ("models", "data/background.npy", "data/test"):
+        source = explained / name
+        (shutil.copytree if source.is_dir() else shutil.copy)(source, tmp_path / name)
+    params = yaml.safe_load((explained / "params.yaml").read_text())
+    params["explain"]["engine"] = "shap"
+    write_params(tmp_path, params)
+    run_stage(
+        "explain", "models/model.weights.h5", "data/background.npy", "data/test", "data/explanations",
+        "metrics/explain.json", cwd=tmp_path,
+    )
+    fast = np.load(explained / "data/explanations/shap_values.npy")
+    reference = np.load(tmp_path / "data/explanations/shap_values.npy")
+    np.testing.assert_allclose(fast, reference, rtol=0, atol=1e-5)
+    assert np.abs(reference).max() > 1e-3
+
+
+def test_unknown_engine_is_a_clear_error(explained, tmp_path):
+    params = yaml.safe_load((explained / "params.yaml").read_text())
+    params["explain"]["engine"] = "fastest"
+    write_params(tmp_path, params)
+    result = run_stage("explain", "m", "b", "t", "out", "metrics.json", cwd=tmp_path, check=False)
+    assert_one_line_error(result, "explain.engine must be one of fast, shap, got 'fastest'")
+    assert not (tmp_path / "out").exists()
