@@ -110,14 +110,15 @@ def read_idx(path: Path) -> np.ndarray:
     return parse_idx(read_gzip(path), str(path))
 
 
-def first_of_each_class(images: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Return the first image of each class, in class order: shape (classes, *image shape)."""
+def first_of_each_class(images: np.ndarray, labels: np.ndarray, count: int = 1) -> np.ndarray:
+    """Return the first count images of each class, in class order: shape (classes * count, *image shape)."""
     indices = []
     for label in range(NUM_CLASSES):
         (found,) = np.nonzero(labels == label)
-        if len(found) == 0:
-            raise PipelineError(f"the data has no image of class {label} ({CLASS_NAMES[label]})")
-        indices.append(found[0])
+        if len(found) < count:
+            raise PipelineError(f"the data has {len(found)} images of class {label} ({CLASS_NAMES[label]}), "
+                                f"fewer than the {count} asked for")
+        indices.extend(found[:count])
     return images[indices]
 
 

@@ -68,10 +68,15 @@ def mean_prediction(model, background: np.ndarray, chunk_size: int) -> np.ndarra
     return total / len(background)
 
 
+def additivity_errors(values: np.ndarray, probabilities: np.ndarray, expected: np.ndarray) -> np.ndarray:
+    """Return |sum of an image's SHAP values for a class - (f(x) - mean f(background))|, (images, classes)."""
+    totals = values.reshape(len(values), -1, values.shape[-1]).sum(axis=1)
+    return np.abs(totals - (probabilities - expected))
+
+
 def additivity_error(values: np.ndarray, probabilities: np.ndarray, expected: np.ndarray) -> float:
-    """Return max |sum of an image's SHAP values for a class - (f(x) - mean f(background))|."""
-    totals = values.reshape(len(values), -1, values.shape[-1]).sum(axis=1)  # (images, classes)
-    return float(np.abs(totals - (probabilities - expected)).max())
+    """Return the largest additivity error of any image and class."""
+    return float(additivity_errors(values, probabilities, expected).max())
 
 
 def largest_positive_mass(values: np.ndarray) -> np.ndarray:

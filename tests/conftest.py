@@ -66,6 +66,10 @@ def tiny_params(search_dir: Path, hashes: dict[str, str]) -> dict:
     params["fetch"]["sha256"] = hashes
     params["train"]["epochs"] = 1
     params["sample_background"]["size"] = BACKGROUND_SIZE
+    params["trust"].update(
+        images_per_class=1, convergence_sizes=[5], deletion_steps=7, random_orders=2, randomization_background=10,
+        chunk_size=10,
+    )
     return params
 
 

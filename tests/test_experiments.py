@@ -9,7 +9,10 @@ from conftest import dvc, git, stages_run
 from test_pipeline import set_param
 
 DATA_OUTS = {"data/raw", "data/train", "data/test", "data/background.npy"}
-MODEL_OUTS = {"models/model.weights.h5", "metrics/train", "data/explanations", "plots/shap.png", "metrics/evaluate.json"}
+MODEL_OUTS = {
+    "models/model.weights.h5", "metrics/train", "data/explanations", "plots/shap.png", "metrics/evaluate.json",
+    "metrics/trust.json", "plots/trust",
+}
 
 
 def out_hashes(project) -> dict[str, str]:
@@ -20,7 +23,7 @@ def out_hashes(project) -> dict[str, str]:
 
 def test_forced_rerun_gives_the_same_bytes_and_another_seed_does_not(project):
     before = out_hashes(project)
-    assert len(before) == 12
+    assert len(before) == 14
     dvc("repro", "-f", cwd=project)
     assert out_hashes(project) == before
 
@@ -61,7 +64,7 @@ def experiments(project) -> list[dict]:
 
 def test_exp_run_reruns_only_what_it_must_and_shows_beside_the_baseline(project):
     result = dvc("exp", "run", "-n", "small", "-S", "train.epochs=2", "-S", "sample_background.size=10", cwd=project)
-    assert set(stages_run(result.stdout)) == {"train", "evaluate", "sample_background", "explain", "visualize"}
+    assert set(stages_run(result.stdout)) == {"train", "evaluate", "sample_background", "explain", "visualize", "trust"}
     (small,) = experiments(project)
     assert small["name"] == "small"
     params = small["revs"][0]["data"]["params"]["params.yaml"]["data"]

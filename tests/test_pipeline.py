@@ -5,8 +5,6 @@ import json
 import yaml
 from conftest import dvc, git, stages_run, write_params
 
-ALL_STAGES = ["fetch", "preprocess", "train", "evaluate", "sample_background", "explain", "visualize"]
-
 
 def set_param(project, section, key, value):
     params = yaml.safe_load((project / "params.yaml").read_text())
@@ -18,21 +16,37 @@ def test_repro_builds_every_output_and_reports_metrics(built_project):
     assert dvc("status", "--json", cwd=built_project).stdout.strip() == "{}"
     metrics = json.loads(dvc("metrics", "show", "--json", cwd=built_project).stdout)
     files = metrics[""]["data"]
-    assert set(files) == {"metrics/train/metrics.json", "metrics/evaluate.json", "metrics/explain.json"}
+    assert set(files) == {
+        "metrics/train/metrics.json", "metrics/evaluate.json", "metrics/explain.json", "metrics/trust.json",
+    }
     assert "accuracy" in files["metrics/evaluate.json"]["data"]
     assert files["metrics/explain.json"]["data"]["additivity_error"] < 1e-5
-    for path in ("plots/shap.png", "plots/reference.png", "plots/confusion.csv", "models/model.weights.h5"):
+    assert files["metrics/trust.json"]["data"]["images"] == 10
+    for path in (
+        "plots/shap.png", "plots/reference.png", "plots/confusion.csv", "models/model.weights.h5",
+        "plots/trust/deletion.csv", "plots/trust/convergence.csv", "plots/trust/randomization.png",
+    ):
         assert (built_project / path).is_file()
 
 
 def test_epochs_rerun_only_what_uses_the_model(project):
     set_param(project, "train", "epochs", 2)
-    assert stages_run(dvc("repro", cwd=project).stdout) == ["train", "evaluate", "explain", "visualize"]
+    assert set(stages_run(dvc("repro", cwd=project).stdout)) == {"train", "evaluate", "explain", "visualize", "trust"}
 
 
 def test_background_size_reruns_only_background_and_after(project):
     set_param(project, "sample_background", "size", 10)
-    assert stages_run(dvc("repro", cwd=project).stdout) == ["sample_background", "explain", "visualize"]
+    assert set(stages_run(dvc("repro", cwd=project).stdout)) == {"sample_background", "explain", "visualize", "trust"}
+
+
+def test_trust_params_rerun_only_trust(project):
+    set_param(project, "trust", "deletion_steps", 4)
+    assert stages_run(dvc("repro", cwd=project).stdout) == ["trust"]
+
+
+def test_explain_params_do_not_rerun_trust(project):
+    set_param(project, "explain", "chunk_size", 7)
+    assert stages_run(dvc("repro", cwd=project).stdout) == ["explain", "visualize"]
 
 
 def test_run_cache_gives_back_the_outputs_of_the_same_params(project):
