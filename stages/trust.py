@@ -20,6 +20,7 @@ from pathlib import Path
 
 import keras
 import matplotlib
+import tensorflow as tf
 
 matplotlib.use("Agg")  # files only, no screen
 
@@ -119,7 +120,7 @@ def randomized_values(model, images: np.ndarray, background: np.ndarray, seed: i
     for layer in reversed([layer for layer in randomized.layers if layer.weights]):
         layer.kernel.assign(seeded(layer.kernel_initializer, seed + len(values))(layer.kernel.shape))
         layer.bias.assign(seeded(layer.bias_initializer, seed + len(values))(layer.bias.shape))
-        print(f"trust: randomization, top {len(values) + 1} layers re-initialised")
+        print(f"trust: randomization, {layer.name} and the layers above it re-initialised")
         values.append(fast_values(randomized, background, images, chunk_size))
     return values
 
@@ -170,6 +171,8 @@ def main() -> None:
         Path(arg) for arg in sys.argv[1:9]
     )
 
+    # Each explanation traces the fast engine's forward pass anew; TensorFlow warns from the sixth on.
+    tf.get_logger().setLevel("ERROR")
     model = load_model(model_path)
     background = np.load(background_path)
     x_train, _ = load_split(train_dir)
