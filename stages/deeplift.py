@@ -10,9 +10,10 @@ once per class. This module computes the same numbers for the family
 
 with shap's own rules, but
 - runs each reference's forward pass once for all images and classes,
-- carries all classes together through one matrix product per chunk of references,
-- leaves out the dense units that are dead for the image and the whole chunk,
-- routes the max-pool, rescales the conv ReLU and transposes the conv in one compiled loop,
+- carries all images, references and classes of a chunk through one matrix product,
+- leaves out the dense units that are dead for every image and the whole chunk,
+- routes the max-pool, rescales the conv ReLU and transposes the conv in one compiled loop
+  that pairs each reference with every image while the reference is in cache,
 - streams the background in chunks, so memory does not grow with the background.
 
 The steps that decide shap's values to the last bit near a cancellation (the logits, exp and
