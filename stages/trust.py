@@ -222,15 +222,18 @@ def main() -> None:
         "diagonal_share": float(np.mean(largest_positive_mass(values) == labels)),
     }
     fractions = np.linspace(0, 1, params["deletion_steps"] + 1)
+    first_of_class = slice(None, None, params["images_per_class"])
     save_json(metrics_path, metrics)
     save_csv(deletion_path, [
         {"fraction_removed": f, **{name: curves[:, step].mean() for name, curves in deletion.items()}}
         for step, f in enumerate(fractions)
     ])
     save_csv(convergence_path, sorted(curve, key=lambda row: row["background_size"]))
-    save_figure(randomization_figure(images[:: params["images_per_class"]], trained[:: params["images_per_class"]],
-                                     [v[:: params["images_per_class"]] for v in randomized],
-                                     predicted[:: params["images_per_class"]]), figure_path)
+    figure = randomization_figure(
+        images[first_of_class], trained[first_of_class], [v[first_of_class] for v in randomized],
+        predicted[first_of_class],
+    )
+    save_figure(figure, figure_path)
     print(f"trust: deletion AUC {metrics['deletion']['auc_shap_order']:.3f} in SHAP order, "
           f"{metrics['deletion']['auc_random_order']:.3f} random; background distance "
           f"{metrics['convergence']['relative_l2']:.2f}; randomization {correlations}")
