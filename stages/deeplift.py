@@ -60,9 +60,11 @@ class DenseReluCnn:
         return conv_in, dense_in, logits
 
     def forward(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        """Return the intermediate values of images (N >= 2; TensorFlow rounds a batch of one differently)."""
+        """Return the intermediate values of images."""
+        # TensorFlow rounds a batch of one differently from shap's batches: run it as two.
+        batch = np.concatenate([images, images]) if len(images) == 1 else images
         names = ("conv_in", "dense_in", "logits")
-        return {name: value.numpy() for name, value in zip(names, self._forward(tf.constant(images)))}
+        return {name: value.numpy()[: len(images)] for name, value in zip(names, self._forward(tf.constant(batch)))}
 
 
 def supported_layers(model: keras.Model) -> tuple:
@@ -274,11 +276,7 @@ class FastDeepExplainer:
         """Yield (references, their forward values) a chunk at a time."""
         for start in range(0, len(background), self.chunk_size):
             references = np.ascontiguousarray(background[start : start + self.chunk_size], dtype=np.float32)
-            if len(references) == 1:  # a batch of one is rounded differently; pad it
-                values = {k: v[:1] for k, v in self.network.forward(np.concatenate([references] * 2)).items()}
-            else:
-                values = self.network.forward(references)
-            yield references, values
+            yield references, self.network.forward(references)
 
     def add_chunk(self, totals: np.ndarray, images: np.ndarray, x: dict, references: np.ndarray, r: dict,
                   buffer: np.ndarray) -> None:
@@ -300,8 +298,7 @@ class FastDeepExplainer:
     def shap_values(self, images: np.ndarray, background: np.ndarray, progress=None) -> np.ndarray:
         """Return the values in shap's layout, (images, rows, columns, channels, classes)."""
         images = np.ascontiguousarray(images, dtype=np.float32)
-        # At least two rows: TensorFlow rounds a batch of one differently.
-        image_values = {k: v[: len(images)] for k, v in self.network.forward(np.concatenate([images, images[:1]])).items()}
+        image_values = self.network.forward(images)
         totals = np.zeros(images.shape + (self.network.num_classes,))
         rows = len(images) * min(self.chunk_size, len(background)) * self.network.num_classes
         buffer = np.empty((rows, self.network.dense_kernel_t.shape[1]), dtype=np.float32)

@@ -53,6 +53,14 @@ def correlation(values: np.ndarray, other: np.ndarray) -> float:
     return float(np.corrcoef(values.ravel(), other.ravel())[0, 1])
 
 
+def comparison(size: int, values: np.ndarray, other: np.ndarray) -> dict:
+    """Return a row of the convergence curve: how far apart the attributions from two backgrounds of size are."""
+    return {
+        "background_size": size, "relative_l2": relative_distance(values, other),
+        "correlation": correlation(values, other),
+    }
+
+
 def convergence_curve(model, pool: np.ndarray, images: np.ndarray, sizes: list[int], rng, chunk_size: int) -> list[dict]:
     """Return, per size, the distance between the attributions from two disjoint backgrounds of that size."""
     rows = []
@@ -65,8 +73,7 @@ def convergence_curve(model, pool: np.ndarray, images: np.ndarray, sizes: list[i
         print(f"trust: convergence, two backgrounds of {size}")
         picks = rng.choice(len(pool), size=2 * size, replace=False)
         first, second = (fast_values(model, pool[np.sort(p)], images, chunk_size) for p in (picks[:size], picks[size:]))
-        rows.append({"background_size": size, "relative_l2": relative_distance(first, second),
-                     "correlation": correlation(first, second)})
+        rows.append(comparison(size, first, second))
     return rows
 
 
@@ -193,8 +200,7 @@ def main() -> None:
     print(f"trust: convergence, a disjoint background of {size}")
     other = fast_values(model, pool[np.sort(rng.choice(len(pool), size=size, replace=False))], images, chunk_size)
     curve = convergence_curve(model, pool, images, params["convergence_sizes"], rng, chunk_size)
-    curve.append({"background_size": size, "relative_l2": relative_distance(values, other),
-                  "correlation": correlation(values, other)})
+    curve.append(comparison(size, values, other))
 
     print("trust: deletion test")
     fill = background.mean(axis=0)
