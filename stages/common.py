@@ -1,5 +1,6 @@
 """Code the stages share: params, errors, IDX files, atomic writes and the class names."""
 
+import argparse
 import gzip
 import hashlib
 import json
@@ -36,6 +37,18 @@ def run(main: Callable[[], None]) -> None:
     except PipelineError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)
+
+
+def parse_paths(stage: str, doc: str, names: list[str], argv: list[str] | None = None) -> list[Path]:
+    """Return a stage's paths from its command line, in the order of names.
+
+    A wrong count prints the usage line (`python -m stages.<stage> NAME ...`) and exits with code 2.
+    """
+    parser = argparse.ArgumentParser(prog=f"python -m stages.{stage}", description=doc.strip().splitlines()[0])
+    for name in names:
+        parser.add_argument(name, type=Path, metavar=name.upper())
+    arguments = parser.parse_args(argv)
+    return [getattr(arguments, name) for name in names]
 
 
 def read_params(section: str, types: dict[str, type]) -> dict:

@@ -6,12 +6,11 @@ class names per test image, which `dvc plots` draws as a confusion matrix.
 """
 
 import csv
-import sys
 from pathlib import Path
 
 import numpy as np
 
-from stages.common import CLASS_NAMES, NUM_CLASSES, atomic_path, load_split, run, save_json
+from stages.common import CLASS_NAMES, NUM_CLASSES, atomic_path, load_split, parse_paths, run, save_json
 from stages.model import load_model
 
 EPSILON = 1e-7  # Keras' own clip, so a probability of 0 gives a finite loss
@@ -40,8 +39,10 @@ def write_confusion(path: Path, labels: np.ndarray, predicted: np.ndarray) -> No
         writer.writerows((CLASS_NAMES[a], CLASS_NAMES[p]) for a, p in zip(labels, predicted))
 
 
-def main() -> None:
-    model_path, test_dir, metrics_path, confusion_path = (Path(arg) for arg in sys.argv[1:5])
+def main(argv: list[str] | None = None) -> None:
+    model_path, test_dir, metrics_path, confusion_path = parse_paths(
+        "evaluate", __doc__, ["model", "test_dir", "metrics", "confusion"], argv
+    )
 
     x_test, y_test = load_split(test_dir)
     model = load_model(model_path)

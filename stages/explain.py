@@ -10,9 +10,7 @@ shap_values.npy in shap's layout (images, 28, 28, 1, classes)) and metrics JSON 
 reading: predicted classes, additivity error, the coat's top 3, and the "diagonal".
 """
 
-import sys
 import warnings
-from pathlib import Path
 
 import numpy as np
 import shap
@@ -20,8 +18,8 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from stages.common import (
-    CLASS_NAMES, PipelineError, first_of_each_class, is_terminal, load_split, read_params, require_positive, run,
-    save_json, save_npy,
+    CLASS_NAMES, PipelineError, first_of_each_class, is_terminal, load_split, parse_paths, read_params,
+    require_positive, run, save_json, save_npy,
 )
 from stages.deeplift import FastDeepExplainer
 from stages.model import load_model
@@ -103,12 +101,14 @@ def lab_reading(values: np.ndarray, probabilities: np.ndarray, expected: np.ndar
     }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     params = read_params("explain", {"engine": str, "chunk_size": int})
     if params["engine"] not in ENGINES:
         raise PipelineError(f"params.yaml: explain.engine must be one of {', '.join(ENGINES)}, got {params['engine']!r}")
     require_positive("explain.chunk_size", params["chunk_size"])
-    model_path, background_path, test_dir, output_dir, metrics_path = (Path(arg) for arg in sys.argv[1:6])
+    model_path, background_path, test_dir, output_dir, metrics_path = parse_paths(
+        "explain", __doc__, ["model", "background", "test_dir", "explanations_dir", "metrics"], argv
+    )
 
     model = load_model(model_path)
     # Memory-mapped: the fast engine reads the background a chunk at a time.

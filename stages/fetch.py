@@ -8,12 +8,11 @@ Writes: the four .gz files, byte for byte as found, into the output directory.
 """
 
 import shutil
-import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
 
-from stages.common import PipelineError, atomic_path, read_gzip, read_params, run, sha256
+from stages.common import PipelineError, atomic_path, parse_paths, read_gzip, read_params, run, sha256
 
 DOWNLOAD_TIMEOUT = 60  # seconds without an answer before a download is given up
 OFFLINE_HINT = (
@@ -63,9 +62,9 @@ def fetch(name: str, expected: str, search_dirs: list[str], url: str, output_dir
     return origin
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     params = read_params("fetch", {"search_dirs": list, "url": str, "sha256": dict})
-    output_dir = Path(sys.argv[1])
+    (output_dir,) = parse_paths("fetch", __doc__, ["raw_dir"], argv)
 
     output_dir.mkdir(parents=True, exist_ok=True)
     for base_name, expected in params["sha256"].items():

@@ -1,15 +1,10 @@
 """The lab's CNN, and seeding that makes training repeatable."""
 
-import os
+import keras
+import tensorflow as tf
+from keras import layers
 
-# TensorFlow's C++ start-up chatter (oneDNN, CUDA probing) is noise in a CPU pipeline's log.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-import keras  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from keras import layers  # noqa: E402
-
-from stages.common import NUM_CLASSES, PipelineError  # noqa: E402
+from stages.common import NUM_CLASSES, PipelineError
 
 IMAGE_SHAPE = (28, 28, 1)
 

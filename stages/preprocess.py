@@ -5,12 +5,11 @@ Writes: a train and a test directory, each with x.npy (N, 28, 28, 1) float32 pix
 and y.npy (N,) uint8 labels 0-9.
 """
 
-import sys
 from pathlib import Path
 
 import numpy as np
 
-from stages.common import NUM_CLASSES, PipelineError, read_idx, run, save_npy
+from stages.common import NUM_CLASSES, PipelineError, parse_paths, read_idx, run, save_npy
 
 PIXEL_MAX = 255.0  # IDX pixels are unsigned bytes
 
@@ -33,8 +32,8 @@ def scale(images: np.ndarray) -> np.ndarray:
     return (images.astype(np.float32) / PIXEL_MAX)[..., np.newaxis]
 
 
-def main() -> None:
-    raw_dir, train_dir, test_dir = (Path(arg) for arg in sys.argv[1:4])
+def main(argv: list[str] | None = None) -> None:
+    raw_dir, train_dir, test_dir = parse_paths("preprocess", __doc__, ["raw_dir", "train_dir", "test_dir"], argv)
 
     for prefix, output_dir in (("train", train_dir), ("t10k", test_dir)):
         images, labels = load_images_and_labels(raw_dir, prefix)

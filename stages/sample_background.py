@@ -4,12 +4,10 @@ Reads: the train directory written by preprocess.
 Writes: the background images, (size, 28, 28, 1) float32, as .npy.
 """
 
-import sys
-from pathlib import Path
 
 import numpy as np
 
-from stages.common import PipelineError, load_split, read_params, require_positive, run, save_npy
+from stages.common import PipelineError, load_split, parse_paths, read_params, require_positive, run, save_npy
 
 
 def sample_background(images: np.ndarray, size: int, seed: int) -> np.ndarray:
@@ -23,10 +21,10 @@ def sample_background(images: np.ndarray, size: int, seed: int) -> np.ndarray:
     return images[rng.choice(len(images), size=size, replace=False)]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     params = read_params("sample_background", {"seed": int, "size": int})
     require_positive("sample_background.size", params["size"])
-    train_dir, background_path = Path(sys.argv[1]), Path(sys.argv[2])
+    train_dir, background_path = parse_paths("sample_background", __doc__, ["train_dir", "background"], argv)
 
     x_train, _ = load_split(train_dir)
     background = sample_background(x_train, params["size"], params["seed"])

@@ -5,14 +5,12 @@ Writes: the model's weights (.weights.h5, whose bytes depend only on the weights
 .keras file that embeds its save date) and a DVCLive directory with per-epoch metrics.
 """
 
-import sys
-from pathlib import Path
 
 import keras
 from dvclive import Live
 from dvclive.keras import DVCLiveCallback
 
-from stages.common import atomic_path, is_terminal, load_split, read_params, require_positive, run
+from stages.common import atomic_path, is_terminal, load_split, parse_paths, read_params, require_positive, run
 from stages.model import build_model, set_seed
 
 
@@ -26,11 +24,13 @@ def compile_model(learning_rate: float) -> keras.Model:
     return model
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     params = read_params("train", {"seed": int, "epochs": int, "batch_size": int, "learning_rate": float})
     for key in ("epochs", "batch_size", "learning_rate"):
         require_positive(f"train.{key}", params[key])
-    train_dir, test_dir, model_path, live_dir = (Path(arg) for arg in sys.argv[1:5])
+    train_dir, test_dir, model_path, live_dir = parse_paths(
+        "train", __doc__, ["train_dir", "test_dir", "model", "live_dir"], argv
+    )
 
     x_train, y_train = load_split(train_dir)
     x_test, y_test = load_split(test_dir)

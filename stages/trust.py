@@ -15,7 +15,6 @@ the test directory.
 Writes: metrics JSON, the deletion and convergence curves as CSV, and a PNG of the randomization check.
 """
 
-import sys
 from pathlib import Path
 
 import keras
@@ -29,8 +28,8 @@ import numpy as np  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
 from stages.common import (  # noqa: E402
-    CLASS_NAMES, PipelineError, atomic_path, check_type, first_of_each_class, load_split, read_params, require_positive, run,
-    save_figure, save_json,
+    CLASS_NAMES, PipelineError, atomic_path, check_type, first_of_each_class, load_split, parse_paths, read_params,
+    require_positive, run, save_figure, save_json,
 )
 from stages.explain import additivity_errors, fast_values, largest_positive_mass, mean_prediction  # noqa: E402
 from stages.model import load_model  # noqa: E402
@@ -165,7 +164,7 @@ def save_csv(path: Path, rows: list[dict]) -> None:
         temporary.write_text("\n".join(lines) + "\n")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     params = read_params("trust", {
         "seed": int, "images_per_class": int, "convergence_sizes": list, "deletion_steps": int,
         "random_orders": int, "randomization_background": int, "randomization_threshold": float, "chunk_size": int,
@@ -175,7 +174,10 @@ def main() -> None:
     for size in params["convergence_sizes"]:
         require_positive("trust.convergence_sizes", check_type("trust.convergence_sizes", size, int))
     model_path, background_path, train_dir, test_dir, metrics_path, deletion_path, convergence_path, figure_path = (
-        Path(arg) for arg in sys.argv[1:9]
+        parse_paths("trust", __doc__, [
+            "model", "background", "train_dir", "test_dir", "metrics", "deletion_csv", "convergence_csv",
+            "randomization_png",
+        ], argv)
     )
 
     # Each explanation traces the fast engine's forward pass anew; TensorFlow warns from the sixth on.

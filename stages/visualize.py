@@ -5,7 +5,6 @@ Writes: the reference row as PNG, and one combined PNG with the reference row as
 above shap.image_plot of the explained images.
 """
 
-import sys
 from pathlib import Path
 
 import matplotlib
@@ -17,7 +16,7 @@ import numpy as np  # noqa: E402
 import shap  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from stages.common import CLASS_NAMES, atomic_path, first_of_each_class, load_split, run  # noqa: E402
+from stages.common import CLASS_NAMES, atomic_path, first_of_each_class, load_split, parse_paths, run  # noqa: E402
 
 FIGURE_WIDTH = 20  # inches; shap.image_plot's default width, so the two parts line up column for column
 DPI = 100
@@ -67,8 +66,10 @@ def save_png(path: Path, array: np.ndarray) -> None:
         Image.fromarray(array).save(temporary, format="png")
 
 
-def main() -> None:
-    train_dir, explanations_dir, reference_path, shap_path = (Path(arg) for arg in sys.argv[1:5])
+def main(argv: list[str] | None = None) -> None:
+    train_dir, explanations_dir, reference_path, shap_path = parse_paths(
+        "visualize", __doc__, ["train_dir", "explanations_dir", "reference_png", "shap_png"], argv
+    )
 
     x_train, y_train = load_split(train_dir)
     explanations = {
