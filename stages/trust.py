@@ -27,14 +27,20 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
+from deepshap import Explainer  # noqa: E402
 from stages.common import (  # noqa: E402
     CLASS_NAMES, PipelineError, atomic_path, check_type, first_of_each_class, load_split, parse_paths, read_params,
     require_positive, run, save_figure, save_json,
 )
-from stages.explain import additivity_errors, fast_values, largest_positive_mass, mean_prediction  # noqa: E402
+from stages.readings import additivity_errors, largest_positive_mass  # noqa: E402
 from stages.model import load_model  # noqa: E402
 
 FIGURE_IMAGES = 4  # rows of the randomization figure: the first image of the first classes
+
+
+def fast_values(model, background: np.ndarray, images: np.ndarray, chunk_size: int) -> np.ndarray:
+    """Return the fast engine's values of images against background, (images, 28, 28, 1, classes)."""
+    return Explainer(model, chunk_size=chunk_size).shap_values(images, background)
 
 
 def images_outside(x_train: np.ndarray, background: np.ndarray) -> np.ndarray:
@@ -195,7 +201,7 @@ def main(argv: list[str] | None = None) -> None:
     values = fast_values(model, background, images, chunk_size)
     probabilities = model.predict(images, verbose=0)
     predicted = probabilities.argmax(axis=1)
-    errors = additivity_errors(values, probabilities, mean_prediction(model, background, chunk_size))
+    errors = additivity_errors(values, probabilities, Explainer(model, chunk_size=chunk_size).expected_value(background))
 
     pool = images_outside(x_train, background)
     size = min(len(background), len(pool))

@@ -9,7 +9,7 @@ from conftest import run_stage, write_params
 from test_fetch import assert_one_line_error
 
 from stages.common import CLASS_NAMES
-from stages.explain import additivity_error, lab_reading, largest_positive_mass
+from stages.readings import additivity_error, lab_reading, largest_positive_mass
 from stages.model import load_model
 
 

@@ -1,0 +1,40 @@
+"""shap.DeepExplainer itself: the reference the engine is tested against, for any model shap supports."""
+
+import warnings
+from collections.abc import Callable
+
+import keras
+import numpy as np
+import shap
+import tensorflow as tf
+
+
+def logit_model(model: keras.Model) -> keras.Model:
+    """Return a copy of model whose last layer has no activation: it outputs the logits."""
+    config = model.get_config()
+    config["layers"][-1]["config"]["activation"] = "linear"
+    copy = model.__class__.from_config(config)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def shap_reference(model: keras.Model, background: np.ndarray, images: np.ndarray, output: str = "probability",
+                   progress: Callable[[int], None] | None = None) -> np.ndarray:
+    """Return shap.DeepExplainer's values, (images, *image shape, classes), one image at a time.
+
+    output "logit" explains the same model with a linear last layer.
+    """
+    if output == "logit":
+        model = logit_model(model)
+    # shap feeds the functional model a list, and traces a graph per class: Keras and TensorFlow
+    # warn about both on every call, and cope.
+    tf.get_logger().setLevel("ERROR")
+    values = []
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The structure of `inputs`")
+        explainer = shap.DeepExplainer(model, np.asarray(background))
+        for image in images:
+            values.append(explainer.shap_values(image[np.newaxis], check_additivity=False))
+            if progress is not None:
+                progress(1)
+    return np.concatenate(values)
