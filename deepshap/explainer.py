@@ -75,13 +75,18 @@ class Explainer:
         network = self.network
         grad_logits = select(self.head(x["logits"], r["logits"]), classes)  # (images, refs, classes, logits)
         dense_rule = relu_multipliers(x["dense_in"][:, np.newaxis], r["dense_in"])  # (images, refs, units)
-        alive = np.flatnonzero(dense_rule.any(axis=(0, 1)))  # units dead for every image and reference add nothing
-        grad_dense = (grad_logits @ network.output_kernel_t[:, alive]) * dense_rule[:, :, np.newaxis, alive]
-        # One float64 product for all images, references and classes: (.., units) @ (units, pool outputs).
-        pooled_grad = grad_dense.reshape(-1, len(alive)) @ network.dense_kernel_t[alive]
+        pooled_grad = np.empty(grad_logits.shape[:3] + (network.dense_kernel_t.shape[1],))
+        for image, (grad, rule) in enumerate(zip(grad_logits, dense_rule)):
+            # Per image, so that an image's values do not depend on the others explained with it (any
+            # shard of images gives the same bytes); units dead against every reference add nothing.
+            alive = np.flatnonzero(rule.any(axis=0))
+            grad_dense = (grad @ network.output_kernel_t[:, alive]) * rule[:, np.newaxis, alive]  # (refs, classes, units)
+            # One float64 product for all references and classes: (.., units) @ (units, pool outputs).
+            np.matmul(grad_dense.reshape(-1, len(alive)), network.dense_kernel_t[alive],
+                      out=pooled_grad[image].reshape(-1, pooled_grad.shape[-1]))
         pool_conv_backward(
-            pooled_grad.reshape(grad_dense.shape[:3] + (-1,)), images, x["conv_in"], references, r["conv_in"],
-            network.conv_kernel_t, *network.pool_size, totals,
+            pooled_grad, images, x["conv_in"], references, r["conv_in"], network.conv_kernel_t, *network.pool_size,
+            totals,
         )
 
     def shap_values(self, images: np.ndarray, background: np.ndarray, classes: np.ndarray | None = None,
