@@ -1,82 +1,325 @@
-"""The layers of a supported Keras model, and its forward pass keeping what the backward rules need."""
+"""A Keras model as a chain of steps, each with its forward op and its backward rule.
+
+Forward: TensorFlow's own float32 ops, as shap.DeepExplainer runs them, keeping the inputs the
+nonlinear rules need. Backward: each rule maps multipliers at a step's output, (references,
+classes, *output shape) float64, to multipliers at its input, for one explained image at a time:
+
+    Linear steps (Dense, Conv2D, BatchNormalization, AveragePooling2D, Flatten, Reshape): the
+        transpose of the map, which is the gradient (Captum's and shap's rule for linear layers).
+    ReLU: shap's rescale rule, (relu(x) - relu(r)) / (x - r), the gradient where x ~ r.
+    MaxPooling2D: shap's rule, the output's change routed to each side's argmax, divided there by
+        the input's change.
+    Dropout: nothing at inference.
+
+The model's last Dense is the head: its logits are explained through a rule of deepshap.head. When
+the chain starts with Conv2D -> [BatchNormalization] -> ReLU -> MaxPooling2D on the input (the lab's
+first block), that block runs fused in deepshap.kernels.
+"""
+
+from dataclasses import dataclass
 
 import keras
 import numpy as np
 import tensorflow as tf
 from keras import layers
 
+from deepshap.head import LINEAR_EPSILON, NONLINEAR_EPSILON, where_close
+
 
 class UnsupportedModelError(ValueError):
     """The model has a layer or activation the engine has no rule for; shap.DeepExplainer may handle it."""
 
 
-class DenseReluCnn:
-    """The weights of a supported model, and its forward pass with every intermediate value.
+def unsupported(layer, why: str) -> UnsupportedModelError:
+    return UnsupportedModelError(
+        f"the fast engine does not support layer '{layer.name}' ({layer.__class__.__name__}): {why}"
+    )
 
-    The supported family: Input -> Conv2D(relu, valid, stride 1) -> MaxPooling2D -> Flatten ->
-    Dense(relu) -> Dense(softmax or linear).
-    """
 
-    def __init__(self, model: keras.Model):
-        conv, pool, dense, output = supported_layers(model)
-        # (filters, kernel rows, kernel columns, channels): one filter's taps together
-        self.conv_kernel_t = np.ascontiguousarray(np.moveaxis(conv.kernel.numpy(), -1, 0))
-        self.pool_size = tuple(pool.pool_size)
-        self.dense_kernel_t = np.ascontiguousarray(dense.kernel.numpy().T, dtype=np.float64)  # (units, pooled)
-        self.output_kernel_t = np.ascontiguousarray(output.kernel.numpy().T, dtype=np.float64)  # (logits, units)
-        self.num_classes = output.units
-        self._layers = conv, pool, dense, output
+class Step:
+    """One step of the chain. needs_values: the backward rule needs the step's input values."""
 
-    @tf.function(reduce_retracing=True)
-    def _forward(self, images):
-        conv, pool, dense, output = self._layers
-        # The same ops as the layers' own call(), split where shap needs the pre-activations.
-        conv_in = conv.convolution_op(images, conv.kernel) + tf.reshape(conv.bias, (1, 1, 1, -1))
-        pooled = pool(tf.nn.relu(conv_in))
-        dense_in = tf.matmul(tf.reshape(pooled, (tf.shape(pooled)[0], -1)), dense.kernel) + dense.bias
-        logits = tf.matmul(tf.nn.relu(dense_in), output.kernel) + output.bias
-        return conv_in, dense_in, logits
+    needs_values = False
 
-    def forward(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        """Return the intermediate values of images (float32, TensorFlow's, as shap sees them).
+    def forward(self, x: tf.Tensor) -> tf.Tensor:
+        raise NotImplementedError
+
+    def backward(self, grad: np.ndarray, image: np.ndarray | None, references: np.ndarray | None) -> np.ndarray:
+        raise NotImplementedError
+
+
+@dataclass
+class Dense(Step):
+    layer: layers.Dense
+
+    def __post_init__(self):
+        self.kernel_t = np.ascontiguousarray(self.layer.kernel.numpy().T, dtype=np.float64)  # (out, in)
+
+    def forward(self, x):
+        y = tf.matmul(x, self.layer.kernel)
+        return y + self.layer.bias if self.layer.use_bias else y
+
+    def backward(self, grad, image, references):
+        # One product for all references and classes: (refs * classes, out) @ (out, in). Units whose
+        # multipliers are all zero (dead against every reference) add nothing: the product skips them.
+        rows = grad.reshape(-1, grad.shape[-1])
+        alive = np.flatnonzero(rows.any(axis=0))
+        kernel_t = self.kernel_t if len(alive) == len(self.kernel_t) else self.kernel_t[alive]
+        return (rows[:, alive] @ kernel_t).reshape(grad.shape[:-1] + (kernel_t.shape[1],))
+
+
+@dataclass
+class Conv(Step):
+    layer: layers.Conv2D
+    input_shape: tuple  # (rows, columns, channels) of one image
+
+    def __post_init__(self):
+        self.kernel = tf.constant(self.layer.kernel.numpy().astype(np.float64))  # (kh, kw, in, out)
+
+    def forward(self, x):
+        y = self.layer.convolution_op(x, self.layer.kernel)
+        return y + tf.reshape(self.layer.bias, (1, 1, 1, -1)) if self.layer.use_bias else y
+
+    def backward(self, grad, image, references):
+        batch = grad.shape[:2]
+        flat = tf.constant(grad.reshape((-1,) + grad.shape[2:]))
+        result = tf.nn.conv2d_transpose(
+            flat, self.kernel, output_shape=(flat.shape[0],) + self.input_shape,
+            strides=(1,) + tuple(self.layer.strides) + (1,), padding=self.layer.padding.upper(),
+        )
+        return result.numpy().reshape(batch + self.input_shape)
+
+
+@dataclass
+class BatchNorm(Step):
+    layer: layers.BatchNormalization
+
+    def __post_init__(self):
+        # At inference: y = (x - moving_mean) * scale + offset, per channel.
+        layer = self.layer
+        gamma = layer.gamma.numpy() if layer.scale else 1.0
+        self.scale = (gamma / np.sqrt(layer.moving_variance.numpy() + layer.epsilon)).astype(np.float64)
+
+    def forward(self, x):
+        return self.layer(x, training=False)
+
+    def backward(self, grad, image, references):
+        return grad * self.scale
+
+
+@dataclass
+class AveragePool(Step):
+    layer: layers.AveragePooling2D
+    input_shape: tuple
+
+    def forward(self, x):
+        return self.layer(x)
+
+    def backward(self, grad, image, references):
+        batch = grad.shape[:2]
+        zeros = tf.zeros((int(np.prod(batch)),) + self.input_shape, dtype=tf.float64)
+        with tf.GradientTape() as tape:
+            tape.watch(zeros)
+            pooled = tf.nn.avg_pool2d(zeros, self.layer.pool_size, self.layer.strides, self.layer.padding.upper())
+        flat = grad.reshape((-1,) + grad.shape[2:])
+        return tape.gradient(pooled, zeros, output_gradients=tf.constant(flat)).numpy().reshape(batch + self.input_shape)
+
+
+@dataclass
+class Reshape(Step):
+    input_shape: tuple
+    output_shape: tuple
+
+    def forward(self, x):
+        return tf.reshape(x, (-1,) + self.output_shape)
+
+    def backward(self, grad, image, references):
+        return grad.reshape(grad.shape[:2] + self.input_shape)
+
+
+class Relu(Step):
+    needs_values = True
+
+    def forward(self, x):
+        return tf.nn.relu(x)
+
+    def backward(self, grad, image, references):
+        rule = relu_multipliers(image[np.newaxis], references)  # (refs, *shape)
+        return grad * rule[:, np.newaxis]
+
+
+@dataclass
+class MaxPool(Step):
+    layer: layers.MaxPooling2D
+    input_shape: tuple
+    needs_values = True
+
+    def forward(self, x):
+        return self.layer(x)
+
+    def windows(self, values: np.ndarray) -> np.ndarray:
+        """Return values (n, rows, columns, channels) as (n, out rows, out columns, channels, window) windows.
+
+        Windows do not overlap (strides = pool size); 'same' padding pads with -inf as TensorFlow does.
+        """
+        (pr, pc), (rows, columns, channels) = self.layer.pool_size, self.input_shape
+        out_rows, out_columns = self.output_size()
+        pad_rows, pad_columns = out_rows * pr - rows, out_columns * pc - columns
+        padded = np.full((len(values), out_rows * pr, out_columns * pc, channels), -np.inf, dtype=values.dtype)
+        top, left = max(pad_rows, 0) // 2, max(pad_columns, 0) // 2
+        padded[:, top : top + rows, left : left + columns] = values[:, : out_rows * pr, : out_columns * pc]
+        shaped = padded.reshape(len(values), out_rows, pr, out_columns, pc, channels)
+        return shaped.transpose(0, 1, 3, 5, 2, 4).reshape(len(values), out_rows, out_columns, channels, pr * pc)
+
+    def output_size(self) -> tuple[int, int]:
+        (pr, pc), (rows, columns, _) = self.layer.pool_size, self.input_shape
+        if self.layer.padding == "same":
+            return -(-rows // pr), -(-columns // pc)
+        return rows // pr, columns // pc
+
+    def unwindow(self, grad: np.ndarray) -> np.ndarray:
+        """Return window-shaped grad (n, out rows, out columns, channels, window) in the input's layout."""
+        (pr, pc), (rows, columns, channels) = self.layer.pool_size, self.input_shape
+        out_rows, out_columns = self.output_size()
+        shaped = grad.reshape(len(grad), out_rows, out_columns, channels, pr, pc).transpose(0, 1, 4, 2, 5, 3)
+        padded = shaped.reshape(len(grad), out_rows * pr, out_columns * pc, channels)
+        top, left = max(out_rows * pr - rows, 0) // 2, max(out_columns * pc - columns, 0) // 2
+        result = np.zeros((len(grad), rows, columns, channels))
+        kept_rows, kept_columns = min(rows, out_rows * pr), min(columns, out_columns * pc)
+        result[:, :kept_rows, :kept_columns] = padded[:, top : top + kept_rows, left : left + kept_columns]
+        return result
+
+    def backward(self, grad, image, references):
+        # shap's rule: grad * (max(xo, ro) - ro) goes to the image's argmax, grad * (xo - max(xo, ro))
+        # to the reference's; both then divided by the input's change there (TensorFlow's first argmax).
+        x_windows, r_windows = self.windows(image[np.newaxis]), self.windows(references)
+        x_out, r_out = x_windows.max(axis=-1), r_windows.max(axis=-1)  # (1 or refs, out rows, out columns, channels)
+        cross = np.maximum(x_out, r_out)
+        x_at, r_at = x_windows.argmax(axis=-1), r_windows.argmax(axis=-1)
+        refs, classes = grad.shape[:2]
+        routed = np.zeros((refs, classes) + x_windows.shape[1:])
+        x_part = grad * (cross - r_out).astype(np.float64)[:, np.newaxis]
+        r_part = grad * (x_out - cross).astype(np.float64)[:, np.newaxis]
+        np.put_along_axis(routed, np.broadcast_to(x_at[:, np.newaxis, ..., np.newaxis], routed.shape[:-1] + (1,)),
+                          x_part[..., np.newaxis], axis=-1)
+        r_index = np.broadcast_to(r_at[:, np.newaxis, ..., np.newaxis], routed.shape[:-1] + (1,))
+        np.put_along_axis(routed, r_index, np.take_along_axis(routed, r_index, axis=-1) + r_part[..., np.newaxis],
+                          axis=-1)
+        spread = self.unwindow(routed.reshape((refs * classes,) + routed.shape[2:])).reshape(
+            (refs, classes) + self.input_shape)
+        delta = (image[np.newaxis] - references).astype(np.float32).astype(np.float64)[:, np.newaxis]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return where_close(delta, LINEAR_EPSILON, 0.0, spread / delta)
+
+
+def relu_multipliers(image_in: np.ndarray, reference_in: np.ndarray) -> np.ndarray:
+    """Return shap's ReLU rule, (relu(x) - relu(r)) / (x - r), or the reference's gradient where x ~ r."""
+    delta = image_in - reference_in
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rescale = (np.maximum(image_in, 0) - np.maximum(reference_in, 0)) / delta
+    close = (reference_in > 0).astype(np.float32)
+    return where_close(delta, NONLINEAR_EPSILON, close, rescale).astype(np.float32).astype(np.float64)
+
+
+class Network:
+    """A supported model as a chain of steps, with its head and, where it has one, its fused first block."""
+
+    def __init__(self, model: keras.Model, fuse: bool = True):
+        self.steps, self.head = chain(model)
+        self.num_classes = self.steps[-1].layer.units
+        self.fused = fused_block(self.steps) if fuse else None  # None, or the steps it covers and its kernel
+        self.first_generic = len(self.fused["steps"]) if self.fused else 0
+        # Steps whose inputs a backward rule reads, or the fused block's ReLU input.
+        self.kept = {i for i, step in enumerate(self.steps) if step.needs_values and i >= self.first_generic}
+        if self.fused:
+            self.kept.add(self.fused["relu"])
+
+    def forward(self, images: np.ndarray) -> dict:
+        """Return {step index: its input values} for the steps that need them, and "logits": float32.
 
         Each image's values do not depend on the batch it is in (checked for batches of 2 to 128),
         except that TensorFlow rounds a batch of one differently: it runs as two.
         """
-        batch = np.concatenate([images, images]) if len(images) == 1 else images
-        names = ("conv_in", "dense_in", "logits")
-        return {name: value.numpy()[: len(images)] for name, value in zip(names, self._forward(tf.constant(batch)))}
+        count = len(images)
+        x = tf.constant(np.concatenate([images, images]) if count == 1 else images)
+        values = {}
+        for index, step in enumerate(self.steps):
+            if index in self.kept:
+                values[index] = x.numpy()[:count]
+            x = step.forward(x)
+        values["logits"] = x.numpy()[:count]
+        return values
 
 
-def unsupported(layer, description: str) -> UnsupportedModelError:
-    return UnsupportedModelError(
-        f"the fast engine does not support layer '{layer.name}' ({layer.__class__.__name__}) where it expects "
-        f"{description}"
-    )
+ACTIVATION_STEPS = {"relu": [Relu], "linear": []}
 
 
-def supported_layers(model: keras.Model) -> tuple:
-    """Return (conv, pool, dense, output) of a model of the supported family, or fail naming the first misfit."""
-    expected = [
-        (layers.InputLayer, lambda layer: True, "an input"),
-        (layers.Conv2D, lambda layer: layer.activation is keras.activations.relu and layer.padding == "valid"
-         and tuple(layer.strides) == (1, 1) and tuple(layer.dilation_rate) == (1, 1) and layer.use_bias,
-         "a Conv2D with relu, valid padding, stride 1 and a bias"),
-        (layers.MaxPooling2D, lambda layer: layer.padding == "valid" and tuple(layer.strides) == tuple(layer.pool_size),
-         "a MaxPooling2D with valid padding and strides equal to its pool size"),
-        (layers.Flatten, lambda layer: True, "a Flatten"),
-        (layers.Dense, lambda layer: layer.activation is keras.activations.relu and layer.use_bias,
-         "a Dense with relu and a bias"),
-        (layers.Dense, lambda layer: layer.activation in (keras.activations.softmax, keras.activations.linear)
-         and layer.use_bias, "a Dense with softmax or no activation, and a bias"),
-    ]
-    model_layers = list(model.layers)
-    for position, (kind, fits, description) in enumerate(expected):
-        if position >= len(model_layers):
-            raise UnsupportedModelError(f"the fast engine needs {description} after the last layer")
-        layer = model_layers[position]
-        if not (isinstance(layer, kind) and fits(layer)):
-            raise unsupported(layer, description)
-    if len(model_layers) > len(expected):
-        raise unsupported(model_layers[len(expected)], "nothing after the output layer")
-    return tuple(model_layers[1:3] + model_layers[4:6])
+def activation_steps(layer, is_last: bool) -> list[Step]:
+    """Return the steps of a layer's own activation; softmax only on the last Dense (the head)."""
+    name = keras.activations.serialize(layer.activation)  # a name for Keras' own activations
+    if is_last and isinstance(layer, layers.Dense) and name in ("softmax", "linear"):
+        return []
+    if not isinstance(name, str) or name not in ACTIVATION_STEPS:
+        raise unsupported(layer, f"activation '{name}' has no rule here; explain.engine: shap handles it")
+    return [step() for step in ACTIVATION_STEPS[name]]
+
+
+def layer_steps(layer, input_shape: tuple, output_shape: tuple, is_last: bool) -> list[Step]:
+    """Return the steps of one Keras layer, or fail naming it."""
+    if isinstance(layer, layers.Dropout):
+        return []  # the identity at inference
+    if isinstance(layer, layers.Dense):
+        return [Dense(layer)] + activation_steps(layer, is_last)
+    if isinstance(layer, layers.Conv2D) and type(layer) is layers.Conv2D:
+        if tuple(layer.dilation_rate) != (1, 1) or layer.groups != 1 or layer.data_format != "channels_last":
+            raise unsupported(layer, "only dilation 1, one group, channels last; explain.engine: shap handles it")
+        return [Conv(layer, input_shape)] + activation_steps(layer, is_last)
+    if isinstance(layer, layers.BatchNormalization):
+        if layer.axis not in (-1, len(input_shape)):
+            raise unsupported(layer, "only the channels axis; explain.engine: shap handles it")
+        return [BatchNorm(layer)]
+    if isinstance(layer, (layers.MaxPooling2D, layers.AveragePooling2D)):
+        if tuple(layer.strides) != tuple(layer.pool_size) or layer.data_format != "channels_last":
+            raise unsupported(layer, "only strides equal to the pool size, channels last; explain.engine: shap "
+                                     "handles it")
+        kind = MaxPool if isinstance(layer, layers.MaxPooling2D) else AveragePool
+        return [kind(layer, input_shape)]
+    if isinstance(layer, (layers.Flatten, layers.Reshape)):
+        return [Reshape(input_shape, output_shape)]
+    if isinstance(layer, layers.ReLU) and layer.max_value is None and not layer.negative_slope and not layer.threshold:
+        return [Relu()]
+    if isinstance(layer, layers.Activation):
+        return activation_steps(layer, is_last=False)
+    raise unsupported(layer, "no rule for this layer; explain.engine: shap handles it")
+
+
+def chain(model: keras.Model) -> tuple[list[Step], str]:
+    """Return the model's steps and its head's activation ("softmax" or "linear")."""
+    model_layers = [layer for layer in model.layers if not isinstance(layer, layers.InputLayer)]
+    if not model_layers or not isinstance(model_layers[-1], layers.Dense):
+        raise UnsupportedModelError("the fast engine needs a Dense output layer (the logits); explain.engine: shap "
+                                    "handles other models")
+    steps = []
+    for position, layer in enumerate(model_layers):
+        input_shape, output_shape = tuple(layer.input.shape[1:]), tuple(layer.output.shape[1:])
+        steps.extend(layer_steps(layer, input_shape, output_shape, is_last=position == len(model_layers) - 1))
+    head = keras.activations.serialize(model_layers[-1].activation)
+    return steps, "softmax" if head == "softmax" else "linear"
+
+
+def fused_block(steps: list[Step]) -> dict | None:
+    """Return the lab's first block if the chain starts with it: Conv2D (valid, stride 1) -> [BatchNorm] ->
+    ReLU -> MaxPooling2D (valid), as {"steps", "relu" (index), "kernel" (filters, rows, columns, channels)}."""
+    conv = steps[0] if steps else None
+    if not (isinstance(conv, Conv) and conv.layer.padding == "valid" and tuple(conv.layer.strides) == (1, 1)):
+        return None
+    kernel = conv.layer.kernel.numpy().astype(np.float64)  # (rows, columns, channels, filters)
+    index = 1
+    if isinstance(steps[index], BatchNorm):
+        kernel = kernel * steps[index].scale  # the transpose of conv then scale is that of the scaled conv
+        index += 1
+    if not (isinstance(steps[index], Relu) and index + 1 < len(steps) and isinstance(steps[index + 1], MaxPool)
+            and steps[index + 1].layer.padding == "valid"):
+        return None
+    return {"steps": steps[: index + 2], "relu": index, "pool_size": tuple(steps[index + 1].layer.pool_size),
+            "kernel": np.ascontiguousarray(np.moveaxis(kernel, -1, 0))}

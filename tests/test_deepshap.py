@@ -1,4 +1,7 @@
-"""The fast engine against shap.DeepExplainer itself, on small random models of the supported family."""
+"""deepshap: the engine against shap.DeepExplainer on random models of every supported stack, and its head rules."""
+
+import itertools
+import math
 
 import keras
 import numpy as np
@@ -6,23 +9,12 @@ import pytest
 from keras import layers
 
 from deepshap import Explainer, UnsupportedModelError, shap_reference
+from deepshap.head import shapley_softmax
 
 
-def random_model(seed, image_shape, filters, kernel, pool, units, classes):
-    """Return a model of the family with random weights and biases (positive ones make pooling ties)."""
-    keras.utils.set_random_seed(seed)
-    inputs = keras.Input(shape=image_shape)
-    x = layers.Conv2D(filters, kernel, activation="relu")(inputs)
-    x = layers.MaxPooling2D(pool)(x)
-    x = layers.Flatten()(x)
-    x = layers.Dense(units, activation="relu")(x)
-    outputs = layers.Dense(classes, activation="softmax")(x)
-    model = keras.Model(inputs, outputs)
-    rng = np.random.default_rng(seed)
-    for layer in model.layers:
-        if getattr(layer, "bias", None) is not None:
-            layer.bias.assign(rng.normal(0.0, 0.1, layer.bias.shape).astype(np.float32))
-    return model
+def softmax(logits: np.ndarray) -> np.ndarray:
+    exp = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return exp / exp.sum(axis=-1, keepdims=True)
 
 
 def random_images(count, image_shape, seed):
@@ -34,47 +26,187 @@ def random_images(count, image_shape, seed):
     return images
 
 
-CASES = [
-    # seed, image shape, filters, kernel, pool, units, classes, background, chunk
-    (0, (28, 28, 1), 32, 3, 2, 256, 10, 40, 16),  # the lab's shapes
-    (1, (12, 12, 1), 4, 3, 2, 16, 3, 25, 7),
-    (2, (13, 11, 2), 6, (3, 2), (3, 2), 20, 5, 30, 30),  # two channels, odd kernel and pool, uneven sizes
-    (3, (10, 10, 1), 3, 5, 3, 8, 4, 9, 1),  # chunks of one reference
-]
+def randomize(model: keras.Model, seed: int) -> keras.Model:
+    """Give every bias (positive ones make pooling ties) and batch-norm statistic random values."""
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if getattr(layer, "bias", None) is not None:
+            layer.bias.assign(rng.normal(0.0, 0.1, layer.bias.shape).astype(np.float32))
+        if isinstance(layer, layers.BatchNormalization):
+            for weight, low, high in ((layer.gamma, 0.5, 1.5), (layer.beta, -0.2, 0.2),
+                                      (layer.moving_mean, -0.2, 0.2), (layer.moving_variance, 0.5, 2.0)):
+                weight.assign(rng.uniform(low, high, weight.shape).astype(np.float32))
+    return model
 
 
-@pytest.mark.parametrize("seed, image_shape, filters, kernel, pool, units, classes, size, chunk", CASES)
-def test_fast_engine_equals_shap(seed, image_shape, filters, kernel, pool, units, classes, size, chunk):
-    model = random_model(seed, image_shape, filters, kernel, pool, units, classes)
-    background = random_images(size, image_shape, seed + 100)
-    images = random_images(3, image_shape, seed + 200)
-    fast = Explainer(model, chunk_size=chunk).shap_values(images, background)
+def stack(name: str, seed: int = 0) -> keras.Model:
+    """Return a small random model of one of the supported stacks, on 14x14 one-channel images."""
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input(shape=(14, 14, 1))
+    head = "softmax"
+    if name == "lab":
+        x = layers.MaxPooling2D(2)(layers.Conv2D(6, 3, activation="relu")(inputs))
+        x = layers.Dense(16, activation="relu")(layers.Flatten()(x))
+    elif name == "two conv blocks":
+        x = layers.MaxPooling2D(2)(layers.Conv2D(4, 3, activation="relu")(inputs))
+        x = layers.MaxPooling2D(2)(layers.Conv2D(6, 3, activation="relu")(x))
+        x = layers.Dense(12, activation="relu")(layers.Flatten()(x))
+    elif name == "same padding, stride 2":
+        x = layers.Conv2D(5, 3, strides=2, padding="same", activation="relu")(inputs)
+        x = layers.MaxPooling2D(2, padding="same")(x)
+        x = layers.Dense(12, activation="relu")(layers.Flatten()(x))
+    elif name == "two hidden dense":
+        x = layers.MaxPooling2D(2)(layers.Conv2D(4, 3, activation="relu")(inputs))
+        x = layers.Dense(16, activation="relu")(layers.Flatten()(x))
+        x = layers.Dense(8, activation="relu")(x)
+    elif name == "dropout and batch norm":
+        x = layers.BatchNormalization()(layers.Conv2D(4, 3)(inputs))
+        x = layers.MaxPooling2D(2)(layers.ReLU()(x))
+        x = layers.Dropout(0.5)(layers.Dense(12, activation="relu")(layers.Flatten()(x)))
+    elif name == "average pooling":
+        x = layers.AveragePooling2D(2)(layers.Conv2D(4, 3, activation="relu")(inputs))
+        x = layers.Dense(12, activation="relu")(layers.Flatten()(x))
+    elif name == "logit head":
+        x = layers.MaxPooling2D(2)(layers.Conv2D(4, 3, activation="relu")(inputs))
+        x = layers.Dense(12, activation="relu")(layers.Flatten()(x))
+        head = "linear"
+    outputs = layers.Dense(4, activation=head)(x)
+    return randomize(keras.Model(inputs, outputs), seed)
+
+
+STACKS = ["lab", "two conv blocks", "same padding, stride 2", "two hidden dense", "dropout and batch norm",
+          "average pooling", "logit head"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", STACKS)
+def test_equals_shap_on_every_supported_stack(name):
+    model = stack(name)
+    output = "logit" if name == "logit head" else "probability"
+    background, images = random_images(50, (14, 14, 1), 1), random_images(3, (14, 14, 1), 2)
+    fast = Explainer(model, output=output, chunk_size=16).shap_values(images, background)
+    reference = shap_reference(model, background, images, output=output)
+    assert fast.shape == reference.shape == (3, 14, 14, 1, 4)
+    largest = np.abs(reference).max()
+    assert largest > 1e-3  # the comparison is not between zeros
+    np.testing.assert_allclose(fast, reference, rtol=0, atol=1e-5 * largest)
+
+
+def test_lab_shapes_equal_shap():
+    """The lab's own sizes (28x28, 32 filters, 256 units, 10 classes), in the quick lane."""
+    keras.utils.set_random_seed(3)
+    inputs = keras.Input(shape=(28, 28, 1))
+    x = layers.MaxPooling2D(2)(layers.Conv2D(32, 3, activation="relu")(inputs))
+    x = layers.Dense(256, activation="relu")(layers.Flatten()(x))
+    model = randomize(keras.Model(inputs, layers.Dense(10, activation="softmax")(x)), 3)
+    background, images = random_images(12, (28, 28, 1), 4), random_images(2, (28, 28, 1), 5)
+    fast = Explainer(model, chunk_size=5).shap_values(images, background)
     reference = shap_reference(model, background, images)
-    assert fast.shape == reference.shape == (3,) + image_shape + (classes,)
-    np.testing.assert_allclose(fast, reference, rtol=0, atol=1e-5)
-    assert np.abs(reference).max() > 1e-3  # the comparison is not between zeros
-    # Additivity is tested on trained models (test_explain): on random ones shap's own softmax
-    # rule, (dz - dmax) / dz, amplifies float32 rounding where a logit barely moves, and shap's
-    # values miss f(x) - E f(background) by up to 1e-4 there; the fast engine misses it alike.
+    np.testing.assert_allclose(fast, reference, rtol=0, atol=1e-5 * np.abs(reference).max())
+
+
+@pytest.mark.parametrize("name", ["lab", "dropout and batch norm", "two conv blocks"])
+@pytest.mark.parametrize("rule", ["shap", "shapley"])
+def test_fused_block_equals_the_generic_rules(name, rule):
+    model = stack(name, seed=5)
+    background, images = random_images(20, (14, 14, 1), 6), random_images(3, (14, 14, 1), 7)
+    fused = Explainer(model, softmax_rule=rule, chunk_size=8)
+    assert fused.network.fused is not None
+    generic = Explainer(model, softmax_rule=rule, chunk_size=8, fuse=False)
+    expected = generic.shap_values(images, background)
+    np.testing.assert_allclose(fused.shap_values(images, background), expected, rtol=0,
+                               atol=1e-6 * np.abs(expected).max())
+
+
+def test_values_of_an_image_do_not_depend_on_the_images_beside_it_nor_on_threads_of_classes():
+    model = stack("two conv blocks", seed=8)
+    explainer = Explainer(model, softmax_rule="shapley", chunk_size=7)
+    background, images = random_images(15, (14, 14, 1), 9), random_images(5, (14, 14, 1), 10)
+    together = explainer.shap_values(images, background)
+    apart = np.concatenate([explainer.shap_values(images[:2], background), explainer.shap_values(images[2:], background)])
+    assert together.tobytes() == apart.tobytes()
+    chosen = explainer.shap_values(images, background, classes=np.array([[3, 0]] * 5))
+    np.testing.assert_array_equal(chosen, together[..., [3, 0]])
+
+
+def brute_force_shapley(zx: np.ndarray, zr: np.ndarray) -> np.ndarray:
+    """Return phi[c, i]: Shapley value of logit i for softmax class c, by enumerating every coalition."""
+    n = len(zx)
+    phi = np.zeros((n, n))
+    for i in range(n):
+        others = [j for j in range(n) if j != i]
+        for size in range(n):
+            weight = math.factorial(size) * math.factorial(n - size - 1) / math.factorial(n)
+            for coalition in itertools.combinations(others, size):
+                z = zr.copy()
+                z[list(coalition)] = zx[list(coalition)]
+                without = softmax(z)
+                z[i] = zx[i]
+                phi[:, i] += weight * (softmax(z) - without)
+    return phi
+
+
+def test_shapley_multipliers_equal_a_brute_force_shapley_computation():
+    rng = np.random.default_rng(0)
+    zx, zr = rng.normal(0, 2, (3, 5)), rng.normal(0, 2, (4, 5))
+    multipliers = shapley_softmax(zx, zr)
+    for k, r in itertools.product(range(3), range(4)):
+        phi = multipliers[k, r] * (zx[k] - zr[r])  # (classes, logits)
+        np.testing.assert_allclose(phi, brute_force_shapley(zx[k], zr[r]), rtol=0, atol=1e-12)
+        np.testing.assert_allclose(phi.sum(axis=1), softmax(zx[k]) - softmax(zr[r]), atol=1e-12)  # efficiency
+
+
+def test_shapley_multipliers_stay_within_a_quarter_on_ties_and_tiny_changes():
+    rng = np.random.default_rng(1)
+    zr = rng.normal(0, 3, (6, 10))
+    zx = np.concatenate([
+        rng.normal(0, 3, (3, 10)),  # random logits
+        zr[:3],  # exact ties: every logit unchanged
+        zr[3:] + 1e-7 * rng.choice([-1, 1], (3, 10)),  # changes of 1e-7
+        np.full((1, 10), 2.0),  # all logits equal
+    ])
+    multipliers = shapley_softmax(zx, zr)
+    assert np.isfinite(multipliers).all()
+    assert np.abs(multipliers).max() <= 0.25 + 1e-12
+    # Where nothing moves, the multiplier is the softmax's derivative: s_c (delta_ci - s_i).
+    s = softmax(zr[0])
+    np.testing.assert_allclose(multipliers[3, 0], np.diag(s) - np.outer(s, s), atol=1e-12)
+
+
+def test_shapley_rule_adds_up_for_a_reference_on_a_near_tie():
+    model = stack("lab", seed=11)
+    image = random_images(1, (14, 14, 1), 12)
+    explainer = Explainer(model, softmax_rule="shapley", chunk_size=4)
+    # References a hair away from the image: every logit moves by about 1e-7, where shap's rule divides
+    # by that change; one far reference beside them.
+    rng = np.random.default_rng(13)
+    references = np.concatenate([image + rng.normal(0, 1e-6, (3,) + image.shape[1:]).astype(np.float32),
+                                 random_images(1, (14, 14, 1), 14)])
+    values = explainer.shap_values(image, references)
+    totals = values.reshape(1, -1, 4).astype(np.float64).sum(axis=1)
+    expected = explainer.predict(image).astype(np.float64) - explainer.expected_value(references)
+    np.testing.assert_allclose(totals, expected, rtol=0, atol=1e-5)
 
 
 def test_unsupported_layer_is_named_with_the_way_out():
     inputs = keras.Input(shape=(12, 12, 1))
     x = layers.Conv2D(4, 3, activation="relu")(inputs)
-    x = layers.AveragePooling2D(2, name="smooth")(x)
-    x = layers.Flatten()(x)
-    x = layers.Dense(8, activation="relu")(x)
+    x = layers.GlobalAveragePooling2D(name="squeeze")(x)
     model = keras.Model(inputs, layers.Dense(3, activation="softmax")(x))
-    with pytest.raises(UnsupportedModelError, match=r"layer 'smooth' \(AveragePooling2D\)"):
-        Explainer(model, chunk_size=4)
+    with pytest.raises(UnsupportedModelError, match=r"layer 'squeeze' \(GlobalAveragePooling2D\).*explain.engine: shap"):
+        Explainer(model)
 
 
 def test_other_activation_is_unsupported():
     inputs = keras.Input(shape=(12, 12, 1))
     x = layers.Conv2D(4, 3, activation="tanh", name="tanh_conv")(inputs)
-    x = layers.MaxPooling2D(2)(x)
-    x = layers.Flatten()(x)
-    x = layers.Dense(8, activation="relu")(x)
+    x = layers.Flatten()(layers.MaxPooling2D(2)(x))
     model = keras.Model(inputs, layers.Dense(3, activation="softmax")(x))
-    with pytest.raises(UnsupportedModelError, match="tanh_conv"):
-        Explainer(model, chunk_size=4)
+    with pytest.raises(UnsupportedModelError, match="tanh_conv.*tanh"):
+        Explainer(model)
+
+
+def test_probability_output_needs_a_softmax_head():
+    model = stack("logit head")
+    with pytest.raises(UnsupportedModelError, match="softmax"):
+        Explainer(model, output="probability")
