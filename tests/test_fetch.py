@@ -3,10 +3,14 @@
 import functools
 import http.server
 import threading
+from contextlib import contextmanager
 
 import pytest
 import yaml
 from conftest import run_stage, write_params
+
+from stages.common import PipelineError
+from stages.fetch import main
 
 NAMES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
 
@@ -24,73 +28,128 @@ def assert_one_line_error(result, *fragments):
         assert fragment in error
 
 
-def test_copies_verified_files_from_the_first_search_dir(workdir, raw_files):
+def fetch_error(directory, monkeypatch) -> str:
+    """Run the stage in-process in directory, which must fail; return its one-line error."""
+    monkeypatch.chdir(directory)
+    with pytest.raises(PipelineError) as caught:
+        main(["out"])
+    message = str(caught.value)
+    assert "\n" not in message
+    return message
+
+
+def assert_nothing_written(directory):
+    # Neither a half-written file nor the temporary copy it was verified in.
+    assert list((directory / "out").iterdir()) == []
+
+
+def use_search_dir(directory, search_dir, url=None):
+    params = read_params(directory)
+    params["fetch"]["search_dirs"] = [str(search_dir)]
+    if url is not None:
+        params["fetch"]["url"] = url
+    write_params(directory, params)
+
+
+def write_truncated_copies(raw_dir, directory):
+    """Write the first half of each synthetic .gz file into directory, as an interrupted copy would."""
+    directory.mkdir()
+    for name in NAMES:
+        data = (raw_dir / f"{name}.gz").read_bytes()
+        (directory / f"{name}.gz").write_bytes(data[: len(data) // 2])
+
+
+@contextmanager
+def serving(directory):
+    """Serve directory's files on the loopback interface, as the canonical URL would; yield its URL."""
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(directory))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_copies_verified_files_from_the_first_search_dir(workdir, raw_files, monkeypatch, capsys):
     raw_dir, _ = raw_files
-    result = run_stage("fetch", "out", cwd=workdir)
+    monkeypatch.chdir(workdir)
+    main(["out"])
     for name in NAMES:
         assert (workdir / "out" / f"{name}.gz").read_bytes() == (raw_dir / f"{name}.gz").read_bytes()
-    assert result.stdout.count("SHA-256 verified") == 4
+    assert capsys.readouterr().out.count("SHA-256 verified") == 4
 
 
-def test_wrong_hash_names_file_and_hashes_and_leaves_nothing(workdir):
+def test_wrong_hash_names_file_and_hashes_and_leaves_nothing(workdir, monkeypatch):
     params = read_params(workdir)
     good = params["fetch"]["sha256"]["t10k-labels-idx1-ubyte"]
     params["fetch"]["sha256"]["t10k-labels-idx1-ubyte"] = "0" * 64
     write_params(workdir, params)
-    result = run_stage("fetch", "out", cwd=workdir, check=False)
-    assert_one_line_error(result, "t10k-labels-idx1-ubyte.gz", good, "0" * 64, "dataset-fashion-mnist")
+    error = fetch_error(workdir, monkeypatch)
+    for fragment in ("t10k-labels-idx1-ubyte.gz", good, "0" * 64, "dataset-fashion-mnist"):
+        assert fragment in error
     assert not (workdir / "out" / "t10k-labels-idx1-ubyte.gz").exists()
     assert not any(path.name.startswith(".tmp") for path in (workdir / "out").iterdir())
 
 
-def test_corrupt_file_is_a_clear_error(workdir, tmp_path_factory):
-    params = read_params(workdir)
+@pytest.mark.slow
+def test_corrupt_file_is_a_one_line_error_on_the_command_line(workdir, tmp_path_factory):
     broken = tmp_path_factory.mktemp("broken")
     for name in NAMES:
         (broken / f"{name}.gz").write_bytes(b"not gzip at all")
-    params["fetch"]["search_dirs"] = [str(broken)]
-    write_params(workdir, params)
+    use_search_dir(workdir, broken)
     result = run_stage("fetch", "out", cwd=workdir, check=False)
     assert_one_line_error(result, "not a readable gzip file")
-    assert list((workdir / "out").iterdir()) == []
+    assert_nothing_written(workdir)
 
 
-@pytest.fixture
-def http_server(raw_files):
-    """Serve the synthetic files on the loopback interface, as the canonical URL would."""
+def test_truncated_file_is_named_where_the_user_must_replace_it(workdir, raw_files, tmp_path, monkeypatch):
     raw_dir, _ = raw_files
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(raw_dir))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}/"
-    server.shutdown()
+    truncated = tmp_path / "truncated"
+    write_truncated_copies(raw_dir, truncated)
+    use_search_dir(workdir, truncated)
+    error = fetch_error(workdir, monkeypatch)
+    # The first file fetched is the first of params' sha256 keys.
+    assert error.startswith(f"{truncated / NAMES[0]}.gz is not a readable gzip file")
+    assert "replace it with the original file" in error
+    assert ".tmp" not in error
+    assert_nothing_written(workdir)
 
 
-def test_downloads_when_no_search_dir_has_the_files(workdir, raw_files, http_server, tmp_path):
+def test_truncated_download_is_named_by_its_url(workdir, raw_files, tmp_path, monkeypatch):
     raw_dir, _ = raw_files
-    params = read_params(workdir)
-    params["fetch"]["search_dirs"] = [str(tmp_path / "empty")]
-    params["fetch"]["url"] = http_server
-    write_params(workdir, params)
-    result = run_stage("fetch", "out", cwd=workdir)
-    assert http_server in result.stdout
+    truncated = tmp_path / "truncated"
+    write_truncated_copies(raw_dir, truncated)
+    with serving(truncated) as url:
+        use_search_dir(workdir, tmp_path / "empty", url=url)
+        error = fetch_error(workdir, monkeypatch)
+    assert error.startswith(f"{url}{NAMES[0]}.gz is not a readable gzip file")
+    assert "replace it" in error and ".tmp" not in error
+    assert_nothing_written(workdir)
+
+
+def test_downloads_when_no_search_dir_has_the_files(workdir, raw_files, tmp_path, monkeypatch, capsys):
+    raw_dir, _ = raw_files
+    with serving(raw_dir) as url:
+        use_search_dir(workdir, tmp_path / "empty", url=url)
+        monkeypatch.chdir(workdir)
+        main(["out"])
+    assert url in capsys.readouterr().out
     for name in NAMES:
         assert (workdir / "out" / f"{name}.gz").read_bytes() == (raw_dir / f"{name}.gz").read_bytes()
 
 
-def test_no_local_copy_and_no_network_says_how_to_work_offline(workdir, tmp_path):
-    params = read_params(workdir)
-    params["fetch"]["search_dirs"] = [str(tmp_path / "empty")]
-    write_params(workdir, params)
-    result = run_stage("fetch", "out", cwd=workdir, check=False)
-    assert_one_line_error(result, "downloading", "apt-get install dataset-fashion-mnist")
-    assert list((workdir / "out").iterdir()) == []
+def test_no_local_copy_and_no_network_says_how_to_work_offline(workdir, tmp_path, monkeypatch):
+    use_search_dir(workdir, tmp_path / "empty")
+    error = fetch_error(workdir, monkeypatch)
+    assert "downloading" in error and "apt-get install dataset-fashion-mnist" in error
+    assert_nothing_written(workdir)
 
 
-def test_missing_param_is_named(workdir):
+def test_missing_param_is_named(workdir, monkeypatch):
     params = read_params(workdir)
     del params["fetch"]["url"]
     write_params(workdir, params)
-    result = run_stage("fetch", "out", cwd=workdir, check=False)
-    assert_one_line_error(result, "fetch.url")
+    assert "fetch.url" in fetch_error(workdir, monkeypatch)
