@@ -1,4 +1,4 @@
-"""Train the lab's CNN, validating on the test set after every epoch.
+"""Train the CNN params.yaml's model section describes, validating on the test set after every epoch.
 
 Reads: the train and test directories written by preprocess.
 Writes: the model's weights (.weights.h5, whose bytes depend only on the weights, unlike a
@@ -11,11 +11,11 @@ from dvclive import Live
 from dvclive.keras import DVCLiveCallback
 
 from stages.common import atomic_path, is_terminal, load_split, parse_paths, read_params, require_positive, run
-from stages.model import build_model, set_seed
+from stages.model import build_model, read_architecture, save_weights, set_seed
 
 
-def compile_model(learning_rate: float) -> keras.Model:
-    model = build_model()
+def compile_model(architecture: dict, learning_rate: float) -> keras.Model:
+    model = build_model(**architecture)
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
         loss=keras.losses.SparseCategoricalCrossentropy(),
@@ -28,6 +28,7 @@ def main(argv: list[str] | None = None) -> None:
     params = read_params("train", {"seed": int, "epochs": int, "batch_size": int, "learning_rate": float})
     for key in ("epochs", "batch_size", "learning_rate"):
         require_positive(f"train.{key}", params[key])
+    architecture = read_architecture()
     train_dir, test_dir, model_path, live_dir = parse_paths(
         "train", __doc__, ["train_dir", "test_dir", "model", "live_dir"], argv
     )
@@ -37,7 +38,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"train: x_train {x_train.shape}, x_test {x_test.shape}, {params['epochs']} epochs")
 
     set_seed(params["seed"])
-    model = compile_model(params["learning_rate"])
+    model = compile_model(architecture, params["learning_rate"])
     with atomic_path(live_dir) as live_temporary, atomic_path(model_path) as model_temporary:
         # dvc.yaml is kept by hand and experiments are made by `dvc exp run`, so DVCLive
         # must neither rewrite dvc.yaml nor create experiments of its own.
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
                 # A progress bar per epoch on a terminal, one line per epoch in a CI log.
                 verbose=1 if is_terminal() else 2,
             )
-        model.save_weights(model_temporary)
+        save_weights(model, model_temporary, architecture)
 
 
 if __name__ == "__main__":
