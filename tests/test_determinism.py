@@ -1,0 +1,71 @@
+"""The engine's bytes do not depend on the machine: BLAS kernel, numba's threads and vector width.
+
+Each case runs in a fresh process, as a pipeline stage does on another machine, with the knob set
+before NumPy and numba load. The model's forward pass is TensorFlow's (the trained model depends on
+it anyway); everything after it is deepshap's.
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from stages.model import build_model, save_weights
+
+CASE = """
+import hashlib, json, sys
+import deepshap, numpy as np
+from threadpoolctl import threadpool_info
+from stages.model import load_model
+model = load_model(sys.argv[1])
+background, images = np.load(sys.argv[2]), np.load(sys.argv[3])
+digests = {}
+for output, rule in (("probability", "shap"), ("probability", "shapley"), ("logit", "shap")):
+    explainer = deepshap.Explainer(model, output=output, softmax_rule=rule, chunk_size=8)
+    values = explainer.shap_values(images, background)
+    expected = explainer.expected_value(background)
+    digests[f"{output}/{rule}"] = hashlib.md5(values.tobytes() + expected.tobytes()).hexdigest()
+blas = [pool.get("architecture") for pool in threadpool_info() if pool["internal_api"] == "openblas"]
+print(json.dumps({"digests": digests, "blas": blas}))
+"""
+
+
+def has_avx512() -> bool:
+    return "avx512f" in Path("/proc/cpuinfo").read_text()
+
+
+def run_case(environment: dict, tmp_path: Path, cache: str) -> dict:
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "NUMBA_CACHE_DIR": str(tmp_path / cache),
+           "TF_CPP_MIN_LOG_LEVEL": "2", **environment}
+    args = [str(tmp_path / name) for name in ("model.weights.h5", "background.npy", "images.npy")]
+    result = subprocess.run([sys.executable, "-c", CASE, *args], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_bytes_do_not_depend_on_blas_kernel_numba_threads_or_vector_width(tmp_path):
+    architecture = {"conv_filters": [8, 8], "kernel_size": 3, "pool_size": 2, "padding": "valid",
+                    "dense_units": [64], "dropout": 0.0, "batch_norm": False}
+    keras.utils.set_random_seed(0)
+    save_weights(build_model(**architecture), tmp_path / "model.weights.h5", architecture)
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "background.npy", rng.random((40, 28, 28, 1), dtype=np.float32))
+    np.save(tmp_path / "images.npy", rng.random((3, 28, 28, 1), dtype=np.float32))
+
+    # Each process changes one BLAS kernel and one numba setting at a time, to keep the test short.
+    coretypes = ["Haswell", "Sandybridge"] + (["SkylakeX"] if has_avx512() else [])
+    numba_settings = [{"NUMBA_NUM_THREADS": "1"}, {"NUMBA_NUM_THREADS": "2"}, {}]
+    cases = [({"OPENBLAS_CORETYPE": core, **numba}, "host") for core, numba in zip(coretypes, numba_settings)]
+    cases.append(({"NUMBA_CPU_NAME": "generic"}, "generic"))  # no vector instructions beyond SSE2
+    results = [run_case(environment, tmp_path, cache) for environment, cache in cases]
+    # The knobs took effect: OpenBLAS ran the kernels asked for.
+    assert [result["blas"][0] for result in results[: len(coretypes)]] == coretypes
+    first = results[0]["digests"]
+    assert len(set(first.values())) == 3  # the three rules give different values
+    for (environment, _), result in zip(cases, results):
+        assert result["digests"] == first, environment
