@@ -1,14 +1,18 @@
-"""Benchmark the explain stage's two engines on the pipeline's model: time, peak memory, agreement.
+"""Benchmark the explain engines: time, peak memory, agreement with shap, for two models and three head rules.
 
-Runs shap.DeepExplainer ("shap") and this project's engine ("fast") on the same model, images and
-backgrounds, each case in a child process of its own so that its peak memory is its own; the fast
-engine alone also takes the whole training set as background, which shap cannot hold here.
+Runs shap.DeepExplainer ("shap") and this project's engine ("fast", the deepshap package) on the same
+images and backgrounds, each case in a child process of its own so that its peak memory is its own:
+- the pipeline's model (the lab's CNN, trained by `dvc repro`): both engines at 100, 1,000 and 5,000
+  background images, the fast engine also on the whole training set, and at 5,000 the fast engine's
+  two other heads (the exact Shapley softmax rule, and the logits);
+- a model with two conv blocks (32 and 64 filters) and a Dense of 128, trained here for one epoch on
+  10,000 training images: both engines at 1,000, the fast engine on the whole training set.
 Prints a table and writes it to benchmarks/results.md. Needs the pipeline's outputs (`dvc repro`):
 
     python benchmarks/explain_engines.py
 """
 
-import stages  # noqa: F401  first: it tunes OpenBLAS before NumPy loads it, as in the pipeline
+import deepshap  # noqa: F401  first: it tunes OpenBLAS before NumPy loads it, as in the pipeline
 
 import argparse
 import json
@@ -24,58 +28,89 @@ from pathlib import Path
 
 import numpy as np
 
+from deepshap import Explainer, shap_reference
 from stages.common import first_of_each_class, load_split
-from stages.explain import additivity_error, explain, mean_prediction
-from stages.model import load_model
+from stages.model import build_model, load_model, save_weights
+from stages.readings import additivity_error
 
-SIZES = (100, 1000, 5000)
 CHUNK_SIZE = 100  # params.yaml's explain.chunk_size
 SEED = 0
+TWO_BLOCKS = {"conv_filters": [32, 64], "kernel_size": 3, "pool_size": 2, "padding": "valid", "dense_units": [128],
+              "dropout": 0.0, "batch_norm": False}
+# (model, engine, background size, output, softmax rule); size 0 is the whole training set.
+CASES = [
+    ("lab", "shap", 100, "probability", "shap"), ("lab", "fast", 100, "probability", "shap"),
+    ("lab", "shap", 1000, "probability", "shap"), ("lab", "fast", 1000, "probability", "shap"),
+    ("lab", "shap", 5000, "probability", "shap"), ("lab", "fast", 5000, "probability", "shap"),
+    ("lab", "fast", 5000, "probability", "shapley"), ("lab", "fast", 5000, "logit", "shap"),
+    ("lab", "fast", 0, "probability", "shap"),
+    ("two blocks", "shap", 1000, "probability", "shap"), ("two blocks", "fast", 1000, "probability", "shap"),
+    ("two blocks", "fast", 0, "probability", "shap"),
+]
 
 
 def background_of(x_train: np.ndarray, size: int) -> np.ndarray:
     """Return a seeded sample of training images; every size of the run draws from the same permutation."""
-    if size == len(x_train):
+    if size in (0, len(x_train)):
         return x_train
     return x_train[np.sort(np.random.default_rng(SEED).permutation(len(x_train))[:size])]
 
 
 def run_case(args: argparse.Namespace) -> None:
-    """In the child: explain with one engine and background size; save the values, print the figures as JSON."""
+    """In the child: explain one case; save the values, print the figures as JSON."""
     model = load_model(args.model)
     x_train = np.load(Path(args.train) / "x.npy", mmap_mode="r")  # read a chunk at a time, as explain reads
     x_test, y_test = load_split(args.test)
     images = first_of_each_class(x_test, y_test)
     background = background_of(x_train, args.size)
+    explainer = Explainer(model, output=args.output, softmax_rule=args.rule, chunk_size=CHUNK_SIZE)
     start = time.perf_counter()
-    values = explain(model, background, images, args.engine, CHUNK_SIZE)
+    if args.engine == "fast":
+        values = explainer.shap_values(images, background)
+    else:
+        values = shap_reference(model, background, images, output=args.output)
     seconds = time.perf_counter() - start
-    expected = mean_prediction(model, background, CHUNK_SIZE)
-    error = additivity_error(values, model.predict(images, verbose=0), expected)
+    error = additivity_error(values, explainer.predict(images), explainer.expected_value(background))
     np.save(args.values, values)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
     print(json.dumps({"seconds": seconds, "peak_bytes": peak, "additivity_error": error}))
 
 
-def measure(args: argparse.Namespace, engine: str, size: int, values_path: Path) -> dict:
+def measure(args: argparse.Namespace, case: tuple, model_path: Path, values_path: Path) -> dict:
     """Run one case in a child process and return its figures."""
+    _, engine, size, output, rule = case
     command = [
-        sys.executable, __file__, "--case", engine, str(size), str(values_path),
-        "--model", args.model, "--train", args.train, "--test", args.test,
+        sys.executable, __file__, "--case", engine, str(size), output, rule, str(values_path),
+        "--model", str(model_path), "--train", args.train, "--test", args.test,
     ]
     result = subprocess.run(command, capture_output=True, text=True, check=True)
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def train_two_blocks(train_dir: str, path: Path) -> None:
+    """Train the two-block model for one epoch on 10,000 training images (enough for realistic activations)."""
+    import keras
+
+    keras.utils.set_random_seed(SEED)
+    model = build_model(**TWO_BLOCKS)
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    x_train, y_train = load_split(train_dir)
+    model.fit(x_train[:10000], y_train[:10000], epochs=1, batch_size=32, verbose=0)
+    save_weights(model, path, TWO_BLOCKS)
+
+
 def table(rows: list[dict]) -> str:
     lines = [
-        "| background | engine | time (s) | peak memory (GB) | shap time / fast time | max difference to shap | additivity error |",
-        "|---|---|---|---|---|---|---|",
+        "| model | background | engine | head | time (s) | peak memory (GB) | time / fast shap-rule time "
+        "| shap time / fast time | max difference to shap | additivity error |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
+        head = row["output"] if row["output"] == "logit" else f"softmax, {row['rule']} rule"
         lines.append(
-            f"| {row['size']:,} | {row['engine']} | {row['seconds']:.1f} | {row['peak_bytes'] / 1e9:.2f} | "
-            f"{row.get('ratio', '')} | {row.get('difference', '')} | {row['additivity_error']:.1e} |"
+            f"| {row['model']} | {row['size']:,} | {row['engine']} | {head} | {row['seconds']:.1f} | "
+            f"{row['peak_bytes'] / 1e9:.2f} | {row.get('head_ratio', '')} | {row.get('ratio', '')} | "
+            f"{row.get('difference', '')} | {row['additivity_error']:.1e} |"
         )
     return "\n".join(lines)
 
@@ -86,40 +121,48 @@ def main() -> None:
     parser.add_argument("--train", default="data/train")
     parser.add_argument("--test", default="data/test")
     parser.add_argument("--output", default="benchmarks/results.md")
-    parser.add_argument("--case", nargs=3, metavar=("ENGINE", "SIZE", "VALUES"), help=argparse.SUPPRESS)
+    parser.add_argument("--case", nargs=5, metavar=("ENGINE", "SIZE", "OUTPUT", "RULE", "VALUES"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.case:
-        args.engine, args.size, args.values = args.case[0], int(args.case[1]), args.case[2]
+        args.engine, args.size, args.output, args.rule, args.values = args.case
+        args.size = int(args.size)
         run_case(args)
         return
 
     train_size = len(np.load(Path(args.train) / "y.npy"))
-    rows = []
+    rows = {}
     with tempfile.TemporaryDirectory() as scratch:
-        # Untimed: the first run on a machine compiles the fast engine's loop (about 6 s) into
-        # __pycache__; every later run, the pipeline's included, loads it from there.
-        measure(args, "fast", 10, Path(scratch) / "warm-up.npy")
-        for size in SIZES + (train_size,):
-            engines = ("shap", "fast") if size in SIZES else ("fast",)
-            found = {}
-            for engine in engines:
-                path = Path(scratch) / f"{engine}-{size}.npy"
-                found[engine] = {"size": size, "engine": engine, **measure(args, engine, size, path)}
-                print(f"{size:>6} {engine}: {found[engine]['seconds']:.1f} s", flush=True)
-            if "shap" in found:
-                fast, reference = (np.load(Path(scratch) / f"{e}-{size}.npy") for e in ("fast", "shap"))
-                found["fast"]["difference"] = f"{np.abs(fast - reference).max():.1e}"
-                found["fast"]["ratio"] = f"{found['shap']['seconds'] / found['fast']['seconds']:.1f}x"
-            rows.extend(found.values())
+        models = {"lab": Path(args.model), "two blocks": Path(scratch) / "two-blocks.weights.h5"}
+        train_two_blocks(args.train, models["two blocks"])
+        # Untimed: the first run on a machine compiles the fast engine's loops into __pycache__;
+        # every later run, the pipeline's included, loads them from there.
+        for model in models.values():
+            for rule in ("shap", "shapley"):
+                measure(args, ("", "fast", 10, "probability", rule), model, Path(scratch) / "warm-up.npy")
+        for case in CASES:
+            name, engine, size, output, rule = case
+            path = Path(scratch) / f"{'-'.join(map(str, case)).replace(' ', '_')}.npy"
+            row = rows[case] = {"model": name, "engine": engine, "size": size or train_size, "output": output,
+                                "rule": rule, "path": path, **measure(args, case, models[name], path)}
+            print(f"{name:>10} {size or train_size:>6} {engine} {output} {rule}: {row['seconds']:.1f} s", flush=True)
+            reference = rows.get((name, "shap", size, output, rule))
+            if engine == "fast" and reference:
+                difference = np.abs(np.load(path) - np.load(reference["path"])).max()
+                row["difference"] = f"{difference:.1e}"
+                row["ratio"] = f"{reference['seconds'] / row['seconds']:.1f}x"
+            baseline = rows.get((name, "fast", size, "probability", "shap"))
+            if engine == "fast" and (output, rule) != ("probability", "shap") and baseline:
+                row["head_ratio"] = f"{row['seconds'] / baseline['seconds']:.2f}"
 
     machine = f"{os.cpu_count()} cores, {platform.processor() or platform.machine()}, Python {platform.python_version()}"
     report = (
         f"# Explain engines, measured {date.today().isoformat()}\n\n"
-        f"`python benchmarks/explain_engines.py` on {machine}: the pipeline's model, its 10 explained\n"
-        f"images, backgrounds sampled from the training set; time of the explanation alone, peak\n"
-        f"memory of the whole process (TensorFlow included), chunks of {CHUNK_SIZE} background images.\n"
-        f"The fast engine's compiled loop was cached beforehand; compiling it the first time takes about 6 s.\n\n"
-        f"{table(rows)}\n"
+        f"`python benchmarks/explain_engines.py` on {machine}: 10 images (the first test image of each\n"
+        f"class), backgrounds sampled from the training set; time of the explanation alone, peak memory of\n"
+        f"the whole process (TensorFlow included), chunks of {CHUNK_SIZE} background images. The lab's model is\n"
+        f"the pipeline's; the two-block model (conv 32, conv 64, dense 128) was trained here for one epoch.\n"
+        f"The fast engine's compiled loops were cached beforehand.\n\n"
+        f"{table(list(rows.values()))}\n"
     )
     print(report)
     Path(args.output).write_text(report)
