@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from configobj import ConfigObj
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAIN_SIZE = 200
@@ -142,7 +143,8 @@ def explained(prepared) -> Path:
 def init_project(directory: Path, raw_files: tuple[Path, dict[str, str]]) -> Path:
     """Make directory a git + DVC project holding this pipeline with tiny params, committed."""
     directory.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(ROOT / "stages", directory / "stages", ignore=shutil.ignore_patterns("__pycache__"))
+    for package in ("stages", "deepshap"):
+        shutil.copytree(ROOT / package, directory / package, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "dvc.yaml", directory / "dvc.yaml")
     write_params(directory, tiny_params(*raw_files))
     git("init", "-q", "-b", "main", cwd=directory)
@@ -150,6 +152,12 @@ def init_project(directory: Path, raw_files: tuple[Path, dict[str, str]]) -> Pat
     git("config", "user.name", "tests", cwd=directory)
     dvc("init", "-q", cwd=directory)
     dvc("config", "core.autostage", "true", cwd=directory)
+    # What a clone has for `dvc plots`: the offline page, set as this repository's .dvc/config sets it
+    # (a wrong path there fails the plots-page tests), and the custom chart templates.
+    shutil.copytree(ROOT / "plots_page", directory / "plots_page")
+    shutil.copytree(ROOT / ".dvc" / "plots", directory / ".dvc" / "plots")
+    html_template = ConfigObj(str(ROOT / ".dvc" / "config"))["plots"]["html_template"]
+    dvc("config", "plots.html_template", html_template, cwd=directory)
     git("add", "-A", cwd=directory)
     git("commit", "-q", "-m", "tiny pipeline", cwd=directory)
     return directory

@@ -79,10 +79,10 @@ STACKS = ["lab", "two conv blocks", "same padding, stride 2", "two hidden dense"
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", STACKS)
-def test_equals_shap_on_every_supported_stack(name):
+@pytest.mark.parametrize("name, output", [(name, "logit" if name == "logit head" else "probability") for name in STACKS]
+                         + [("lab", "logit")])  # a softmax model's logits: shap explains it with a linear last layer
+def test_equals_shap_on_every_supported_stack(name, output):
     model = stack(name)
-    output = "logit" if name == "logit head" else "probability"
     background, images = random_images(50, (14, 14, 1), 1), random_images(3, (14, 14, 1), 2)
     fast = Explainer(model, output=output, chunk_size=16).shap_values(images, background)
     reference = shap_reference(model, background, images, output=output)

@@ -1,14 +1,17 @@
 """explain: SHAP values of the first test image of each class, and the lab's reading of them."""
 
 import json
+import re
 import shutil
 
 import numpy as np
+import pytest
 import yaml
 from conftest import run_stage, write_params
 from test_fetch import assert_one_line_error
 
-from stages.common import CLASS_NAMES
+from stages.common import CLASS_NAMES, PipelineError
+from stages.explain import main
 from stages.readings import additivity_error, lab_reading, largest_positive_mass
 from stages.model import load_model
 
@@ -61,28 +64,63 @@ def test_explanations_have_shaps_layout_and_add_up(explained):
     assert metrics["predicted_class"] == {CLASS_NAMES[i]: int(p) for i, p in enumerate(probabilities.argmax(axis=1))}
 
 
-def test_both_engines_give_the_same_values(explained, tmp_path):
-    (tmp_path / "data").mkdir()
+def copy_inputs(source, destination, **explain_params) -> None:
+    """Copy the model, background and test data of source to destination, with explain params changed."""
+    (destination / "data").mkdir(parents=True)
     for name in ("models", "data/background.npy", "data/test"):
-        source = explained / name
-        (shutil.copytree if source.is_dir() else shutil.copy)(source, tmp_path / name)
-    params = yaml.safe_load((explained / "params.yaml").read_text())
-    params["explain"]["engine"] = "shap"
-    write_params(tmp_path, params)
-    run_stage(
-        "explain", "models/model.weights.h5", "data/background.npy", "data/test", "data/explanations",
-        "metrics/explain.json", cwd=tmp_path,
-    )
-    fast = np.load(explained / "data/explanations/shap_values.npy")
+        (shutil.copytree if (source / name).is_dir() else shutil.copy)(source / name, destination / name)
+    params = yaml.safe_load((source / "params.yaml").read_text())
+    params["explain"].update(explain_params)
+    write_params(destination, params)
+
+
+EXPLAIN_ARGS = ["models/model.weights.h5", "data/background.npy", "data/test", "data/explanations", "metrics/explain.json"]
+
+
+@pytest.mark.parametrize("output", ["probability", "logit"])
+def test_both_engines_give_the_same_values(explained, tmp_path, monkeypatch, output):
+    copy_inputs(explained, tmp_path, engine="shap", output=output)
+    monkeypatch.chdir(tmp_path)
+    main(EXPLAIN_ARGS)
+    copy_inputs(explained, tmp_path / "fast", engine="fast", output=output)
+    monkeypatch.chdir(tmp_path / "fast")
+    main(EXPLAIN_ARGS)
     reference = np.load(tmp_path / "data/explanations/shap_values.npy")
-    np.testing.assert_allclose(fast, reference, rtol=0, atol=1e-5)
+    fast = np.load(tmp_path / "fast/data/explanations/shap_values.npy")
+    np.testing.assert_allclose(fast, reference, rtol=0, atol=1e-5 * np.abs(reference).max())
     assert np.abs(reference).max() > 1e-3
 
 
-def test_unknown_engine_is_a_clear_error(explained, tmp_path):
-    params = yaml.safe_load((explained / "params.yaml").read_text())
-    params["explain"]["engine"] = "fastest"
-    write_params(tmp_path, params)
-    result = run_stage("explain", "m", "b", "t", "out", "metrics.json", cwd=tmp_path, check=False)
-    assert_one_line_error(result, "explain.engine must be one of fast, shap, got 'fastest'")
-    assert not (tmp_path / "out").exists()
+def test_shapley_rule_values_add_up_and_differ_from_shaps(explained, tmp_path, monkeypatch):
+    copy_inputs(explained, tmp_path, softmax_rule="shapley")
+    monkeypatch.chdir(tmp_path)
+    main(EXPLAIN_ARGS)
+    metrics = json.loads((tmp_path / "metrics/explain.json").read_text())
+    assert metrics["additivity_error"] < 1e-5
+    shapley = np.load(tmp_path / "data/explanations/shap_values.npy")
+    shap_rule = np.load(explained / "data/explanations/shap_values.npy")
+    assert np.abs(shapley - shap_rule).max() > 1e-4 * np.abs(shap_rule).max()
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"engine": "fastest"}, "explain.engine must be one of fast, shap, got 'fastest'"),
+    ({"output": "logits"}, "explain.output must be one of probability, logit, got 'logits'"),
+    ({"softmax_rule": "exact"}, "explain.softmax_rule must be one of shap, shapley, got 'exact'"),
+    ({"engine": "shap", "softmax_rule": "shapley"}, "explain.engine: shap has only shap's softmax rule; set "
+                                                     "explain.softmax_rule: shap or explain.engine: fast"),
+    ({"chunk_size": 0}, "explain.chunk_size must be positive"),
+])
+def test_bad_explain_params_are_clear_errors(explained, tmp_path, monkeypatch, change, message):
+    copy_inputs(explained, tmp_path, **change)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(PipelineError, match=re.escape(message)):
+        main(EXPLAIN_ARGS)
+    assert not (tmp_path / "data/explanations").exists()
+
+
+@pytest.mark.slow
+def test_unknown_engine_is_a_one_line_error_on_the_command_line(explained, tmp_path):
+    copy_inputs(explained, tmp_path, engine="shap", softmax_rule="shapley")
+    result = run_stage("explain", *EXPLAIN_ARGS, cwd=tmp_path, check=False)
+    assert_one_line_error(result, "explain.engine: shap has only shap's softmax rule")
+    assert not (tmp_path / "data/explanations").exists()
