@@ -2,6 +2,9 @@
 
 Every test runs the real code (real TensorFlow, shap and dvc) on data made here: a few hundred
 28x28 images whose class is drawn into them, so a model learns something in one epoch.
+
+The quick lane (`pytest -m "not slow"`) calls each stage's main() in this process, so TensorFlow,
+shap and numba load once; tests marked slow start `python -m stages.<name>` or the real `dvc`.
 """
 
 import gzip
@@ -11,6 +14,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -80,7 +84,7 @@ def write_params(directory: Path, params: dict) -> None:
 
 def run(command: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
     """Run a command, returning its output; on an unexpected failure show what it printed."""
-    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True)
+    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, check=False)
     if check and result.returncode != 0:
         pytest.fail(f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     return result
@@ -97,6 +101,39 @@ def dvc(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProces
 
 def git(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return run(["git", *args], cwd=cwd)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
+    """Assert that a stage run as a command failed with exit code 1 and one line "error: ..." holding fragments."""
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    error = result.stderr.strip().splitlines()[-1]
+    assert error.startswith("error: ")
+    for fragment in fragments:
+        assert fragment in error
+
+
+def set_param(directory: Path, section: str, key: str, value) -> None:
+    """Change one value of directory's params.yaml."""
+    params = yaml.safe_load((directory / "params.yaml").read_text())
+    params[section][key] = value
+    write_params(directory, params)
+
+
+def pipeline_stages(directory: Path) -> dict[str, dict]:
+    """Return the stages of directory's dvc.yaml, by name."""
+    return yaml.safe_load((directory / "dvc.yaml").read_text())["stages"]
+
+
+def declared_outs(stage: dict) -> list[str]:
+    """Return the paths a dvc.yaml stage declares as outs (an out is a path, or {path: options})."""
+    return [out if isinstance(out, str) else next(iter(out)) for out in stage.get("outs", [])]
+
+
+def lock_hashes(directory: Path) -> dict[str, str]:
+    """Return {out path: md5} of every stage output recorded in directory's dvc.lock."""
+    lock = yaml.safe_load((directory / "dvc.lock").read_text())
+    return {out["path"]: out["md5"] for stage in lock["stages"].values() for out in stage.get("outs", [])}
 
 
 def stages_run(output: str) -> list[str]:
@@ -120,30 +157,42 @@ def workdir(tmp_path, raw_files) -> Path:
 
 @pytest.fixture(scope="session")
 def prepared(tmp_path_factory, raw_files) -> Path:
-    """A directory where fetch, preprocess, train and sample_background ran once on the tiny data."""
+    """A directory where fetch, preprocess, train and sample_background ran once on the tiny data.
+
+    They run in this process, with dvc.yaml's paths: the slow tests prove the command lines.
+    """
+    # Imported here, so that only the tests that need a model load TensorFlow.
+    from stages import fetch, preprocess, sample_background, train
+
     directory = tmp_path_factory.mktemp("prepared")
     write_params(directory, tiny_params(*raw_files))
-    run_stage("fetch", "data/raw", cwd=directory)
-    run_stage("preprocess", "data/raw", "data/train", "data/test", cwd=directory)
-    run_stage("train", "data/train", "data/test", "models/model.weights.h5", "metrics/train", cwd=directory)
-    run_stage("sample_background", "data/train", "data/background.npy", cwd=directory)
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.chdir(directory)  # where the stages read params.yaml
+        fetch.main(["data/raw"])
+        preprocess.main(["data/raw", "data/train", "data/test"])
+        train.main(["data/train", "data/test", "models/model.weights.h5", "metrics/train"])
+        sample_background.main(["data/train", "data/background.npy"])
     return directory
 
 
 @pytest.fixture(scope="session")
 def explained(prepared) -> Path:
-    """The prepared directory after the explain stage ran there with tiny params."""
-    run_stage(
-        "explain", "models/model.weights.h5", "data/background.npy", "data/test", "data/explanations",
-        "metrics/explain.json", cwd=prepared,
-    )
+    """The prepared directory after the explain stage ran there, in this process, with tiny params."""
+    from stages import explain
+
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.chdir(prepared)
+        explain.main([
+            "models/model.weights.h5", "data/background.npy", "data/test", "data/explanations",
+            "metrics/explain.json",
+        ])
     return prepared
 
 
 def init_project(directory: Path, raw_files: tuple[Path, dict[str, str]]) -> Path:
     """Make directory a git + DVC project holding this pipeline with tiny params, committed."""
     directory.mkdir(parents=True, exist_ok=True)
-    for package in ("stages", "deepshap"):
+    for package in tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]:
         shutil.copytree(ROOT / package, directory / package, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "dvc.yaml", directory / "dvc.yaml")
     write_params(directory, tiny_params(*raw_files))
@@ -151,6 +200,10 @@ def init_project(directory: Path, raw_files: tuple[Path, dict[str, str]]) -> Pat
     git("config", "user.email", "tests@example.com", cwd=directory)
     git("config", "user.name", "tests", cwd=directory)
     dvc("init", "-q", cwd=directory)
+    # After dvc init, which writes a .dvcignore of its own: what this repository keeps out of git
+    # and out of DVC's hashes (e.g. numba's compiled cache beside the code) stays out here too.
+    for name in (".gitignore", ".dvcignore"):
+        shutil.copy(ROOT / name, directory / name)
     dvc("config", "core.autostage", "true", cwd=directory)
     # What a clone has for `dvc plots`: the offline page, set as this repository's .dvc/config sets it
     # (a wrong path there fails the plots-page tests), and the custom chart templates.

@@ -1,95 +1,146 @@
-"""Experiments on the tiny pipeline with the real `dvc`: byte-for-byte reruns, branches, `dvc exp`, the queue, a remote."""
+"""Experiments on the tiny pipeline with the real `dvc`: byte-for-byte reruns, the queue, `dvc exp`, branches, a remote."""
 
 import json
 import shutil
+import subprocess
 import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import NamedTuple
 
-import yaml
-from conftest import dvc, git, stages_run
-from test_pipeline import set_param
+import pytest
+from conftest import declared_outs, dvc, git, lock_hashes, pipeline_stages, stages_run
 
-DATA_OUTS = {"data/raw", "data/train", "data/test", "data/background.npy"}
-MODEL_OUTS = {
-    "models/model.weights.h5", "metrics/train", "data/explanations", "plots/shap.png", "metrics/evaluate.json",
-    "metrics/trust.json", "plots/trust",
-}
+pytestmark = pytest.mark.slow
 
-
-def out_hashes(project) -> dict[str, str]:
-    """Return {out path: md5} of every stage output recorded in dvc.lock."""
-    lock = yaml.safe_load((project / "dvc.lock").read_text())
-    return {out["path"]: out["md5"] for stage in lock["stages"].values() for out in stage.get("outs", [])}
+# Two experiments, run from the queue two at a time: one reruns most of the pipeline, one a single stage.
+EXPERIMENTS = {"seed-2": "train.seed=2", "deletion-4": "trust.deletion_steps=4"}
 
 
-def test_forced_rerun_gives_the_same_bytes_and_another_seed_does_not(project):
-    before = out_hashes(project)
-    assert len(before) == 14
+def test_forced_rerun_gives_the_same_bytes(project):
+    """Every stage run again, each in a fresh process, writes every declared output byte for byte."""
+    before = lock_hashes(project)
+    assert set(before) == {out for stage in pipeline_stages(project).values() for out in declared_outs(stage)}
     dvc("repro", "-f", cwd=project)
-    assert out_hashes(project) == before
-
-    set_param(project, "train", "seed", 7)
-    dvc("repro", cwd=project)
-    after = out_hashes(project)
-    assert {path for path in before if after[path] != before[path]} >= MODEL_OUTS
-    assert all(after[path] == before[path] for path in DATA_OUTS)
+    assert lock_hashes(project) == before
 
 
-def test_branches_compare_params_metrics_and_plots(project):
-    git("checkout", "-q", "-b", "other", cwd=project)
-    set_param(project, "train", "epochs", 2)
-    set_param(project, "sample_background", "size", 10)
-    dvc("repro", cwd=project)
-    git("add", "-A", cwd=project)
-    git("commit", "-q", "-m", "two epochs, smaller background", cwd=project)
+class QueueRun(NamedTuple):
+    project: Path
+    status: dict[str, str]  # by experiment name, once the queue is done
+    running_at_once: int  # experiments running when the last one left the queue
+    logs: dict[str, str]  # by experiment name, what `dvc queue logs` shows
+
+
+def queue_status(project) -> dict[str, str]:
+    """Return {experiment name: Queued, Running, Success or Failed} from `dvc queue status`."""
+    lines = dvc("queue", "status", cwd=project).stdout.splitlines()
+    # A table "Task  Name  Created  Status", one row per experiment, then a blank line and the workers.
+    rows = [line.split() for line in lines[1 : lines.index("")]] if lines[0].startswith("Task") else []
+    return {row[1]: row[-1] for row in rows}
+
+
+def wait_while(project, statuses: set[str], timeout: float = 600) -> dict[str, str]:
+    """Poll `dvc queue status` until no experiment has one of statuses; return the last status."""
+    deadline = time.monotonic() + timeout
+    status = queue_status(project)
+    while statuses & set(status.values()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the queue was still {statuses} after {timeout} s: {status}")
+        time.sleep(1)
+        status = queue_status(project)
+    return status
+
+
+def start_queue(project, workers: int) -> None:
+    """Run `dvc queue start`, its output to a file: the workers it leaves running inherit the output,
+    and a pipe would keep the call waiting until they end."""
+    with open(project.parent / "queue-start.log", "w") as log:
+        subprocess.run(["dvc", "queue", "start", "-j", str(workers)], cwd=project, stdout=log, stderr=log, check=True)
+
+
+@pytest.fixture(scope="module")
+def queued(tmp_path_factory, built_project) -> Iterator[QueueRun]:
+    """A copy of the built project where the EXPERIMENTS ran from the queue, two at a time."""
+    project = tmp_path_factory.mktemp("queued") / "project"
+    shutil.copytree(built_project, project, symlinks=True)
+    for name, change in EXPERIMENTS.items():
+        dvc("exp", "run", "--queue", "-n", name, "-S", change, cwd=project)
+    try:
+        start_queue(project, workers=2)
+        running_at_once = list(wait_while(project, {"Queued"}).values()).count("Running")
+        # --follow returns when the experiment's run ends: waiting costs no polling.
+        logs = {name: dvc("queue", "logs", "--follow", name, cwd=project).stdout for name in EXPERIMENTS}
+        yield QueueRun(project, wait_while(project, {"Queued", "Running"}), running_at_once, logs)
+    finally:
+        dvc("queue", "stop", "--kill", cwd=project, check=False)  # no worker outlives a failed test
+
+
+def experiments(project) -> dict[str, dict]:
+    """Return {name: data} of the experiments `dvc exp show --json` lists under the baseline, and
+    "baseline" itself (the first row is the workspace)."""
+    _workspace, baseline = json.loads(dvc("exp", "show", "--json", cwd=project).stdout)
+    found = {exp["name"]: exp["revs"][0]["data"] for exp in baseline["experiments"] or []}
+    return {"baseline": baseline["data"], **found}
+
+
+def test_two_queued_experiments_run_at_the_same_time_and_both_show(queued):
+    assert queued.status == dict.fromkeys(EXPERIMENTS, "Success")
+    assert queued.running_at_once == 2
+    shown = experiments(queued.project)
+    assert set(shown) == {"baseline", *EXPERIMENTS}
+    assert shown["seed-2"]["params"]["params.yaml"]["data"]["train"]["seed"] == 2
+    assert shown["deletion-4"]["params"]["params.yaml"]["data"]["trust"]["deletion_steps"] == 4
+
+
+@pytest.mark.parametrize(
+    ("name", "reruns"),
+    [
+        ("seed-2", {"train", "evaluate", "explain", "visualize", "trust"}),
+        ("deletion-4", {"trust"}),
+    ],
+)
+def test_an_experiment_runs_exactly_the_stages_its_param_reaches(queued, name, reruns):
+    assert set(stages_run(queued.logs[name])) == reruns
+
+
+def test_another_seed_changes_the_model_and_what_reads_it_but_not_the_data(queued):
+    shown = experiments(queued.project)
+    before, after = (
+        {path: out["hash"] for path, out in shown[name]["outs"].items()} for name in ("baseline", "seed-2")
+    )
+    stages = pipeline_stages(queued.project)
+    data = [out for name in ("fetch", "preprocess", "sample_background") for out in declared_outs(stages[name])]
+    assert all(after[path] == before[path] for path in data)
+    # The model, and what is computed from it; not plots/reference.png (training images only), nor the
+    # confusion matrix, which can be the same for two models that both classify every test image right.
+    for path in ("models/model.weights.h5", "metrics/train", "metrics/evaluate.json", "data/explanations",
+                 "plots/shap.png", "metrics/trust.json", "plots/trust"):
+        assert after[path] != before[path], path
+
+
+def test_an_experiment_becomes_a_branch_to_compare_with_main(queued):
+    project = queued.project
+    dvc("exp", "branch", "seed-2", "other", cwd=project)
 
     params = json.loads(dvc("params", "diff", "main", "other", "--json", cwd=project).stdout)["params.yaml"]
-    assert (params["train.epochs"]["old"], params["train.epochs"]["new"]) == (1, 2)
-    assert (params["sample_background.size"]["old"], params["sample_background.size"]["new"]) == (20, 10)
+    assert set(params) == {"train.seed"}
+    assert (params["train.seed"]["old"], params["train.seed"]["new"]) == (1, 2)
 
     metrics = json.loads(dvc("metrics", "diff", "main", "other", "--json", cwd=project).stdout)
     assert metrics["metrics/evaluate.json"]["loss"]["new"] != metrics["metrics/evaluate.json"]["loss"]["old"]
     assert "additivity_error" in metrics["metrics/explain.json"]
-    assert "step" in metrics["metrics/train/metrics.json"]  # two epochs log one more step
 
     dvc("plots", "diff", "main", "other", "-o", "compared", cwd=project)
     page = (project / "compared/index.html").read_text()
-    assert page.count("shap.png") >= 2 and "main" in page and "other" in page
-
-
-def experiments(project) -> list[dict]:
-    """Return the experiments `dvc exp show --json` lists under the baseline (its first row is the workspace)."""
-    workspace, baseline = json.loads(dvc("exp", "show", "--json", cwd=project).stdout)
-    return baseline["experiments"] or []
-
-
-def test_exp_run_reruns_only_what_it_must_and_shows_beside_the_baseline(project):
-    result = dvc("exp", "run", "-n", "small", "-S", "train.epochs=2", "-S", "sample_background.size=10", cwd=project)
-    assert set(stages_run(result.stdout)) == {"train", "evaluate", "sample_background", "explain", "visualize", "trust"}
-    (small,) = experiments(project)
-    assert small["name"] == "small"
-    params = small["revs"][0]["data"]["params"]["params.yaml"]["data"]
-    assert params["train"]["epochs"] == 2 and params["sample_background"]["size"] == 10
-
-
-def wait_for_queue(project, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status = dvc("queue", "status", cwd=project).stdout
-        if "Queued" not in status and "Running" not in status:
-            return
-        time.sleep(3)
-    raise AssertionError(f"the queue did not finish in {timeout} s:\n{status}")
-
-
-def test_two_queued_experiments_run_in_parallel_and_both_show(project):
-    for seed in (1, 2):
-        dvc("exp", "run", "--queue", "-n", f"seed-{seed}", "-S", f"train.seed={seed}", cwd=project)
-    dvc("queue", "start", "-j", "2", cwd=project)
-    wait_for_queue(project, timeout=600)
-    status = dvc("queue", "status", cwd=project).stdout
-    assert status.count("Success") == 2, status
-    assert sorted(exp["name"] for exp in experiments(project)) == ["seed-1", "seed-2"]
-    dvc("queue", "stop", cwd=project, check=False)
+    figures = {}
+    for revision in ("main", "other"):
+        # Each revision's figure is copied beside the page under its revision's name, and shown.
+        assert f'<img src="static/{revision}_plots_shap.png">' in page
+        figures[revision] = (project / f"compared/static/{revision}_plots_shap.png").read_bytes()
+        assert f'"rev": "{revision}"' in page  # its rows in the data of the Vega plots
+    assert figures["main"] == (project / "plots/shap.png").read_bytes()  # the workspace is main
+    assert figures["other"] != figures["main"]
 
 
 def test_remote_push_and_pull_restore_every_output_bit_for_bit(project, tmp_path):

@@ -3,11 +3,10 @@
 import numpy as np
 import pytest
 import yaml
-from conftest import BACKGROUND_SIZE, TRAIN_SIZE, run_stage, write_params
-from test_fetch import assert_one_line_error
+from conftest import BACKGROUND_SIZE, TRAIN_SIZE, write_params
 
 from stages.common import PipelineError
-from stages.sample_background import sample_background
+from stages.sample_background import main, sample_background
 
 
 def test_sample_is_seeded_and_without_replacement():
@@ -23,15 +22,19 @@ def test_larger_than_the_training_set_fails():
         sample_background(np.zeros((5, 1)), size=6, seed=0)
 
 
-def test_writes_background_from_training_images(prepared, tmp_path):
+def test_writes_the_sample_its_params_ask_for(prepared):
     background = np.load(prepared / "data/background.npy")
     x_train = np.load(prepared / "data/train/x.npy")
+    params = yaml.safe_load((prepared / "params.yaml").read_text())["sample_background"]
     assert background.shape == (BACKGROUND_SIZE, 28, 28, 1)
-    assert all(any(np.array_equal(image, other) for other in x_train) for image in background[:3])
+    np.testing.assert_array_equal(background, sample_background(x_train, params["size"], params["seed"]))
 
+
+def test_size_above_the_training_set_names_the_param_and_writes_nothing(prepared, tmp_path, monkeypatch):
     params = yaml.safe_load((prepared / "params.yaml").read_text())
     params["sample_background"]["size"] = TRAIN_SIZE + 1
     write_params(tmp_path, params)
-    result = run_stage("sample_background", str(prepared / "data/train"), "bg.npy", cwd=tmp_path, check=False)
-    assert_one_line_error(result, f"only {TRAIN_SIZE} images")
-    assert not (tmp_path / "bg.npy").exists()
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(PipelineError, match=f"sample_background.size is {TRAIN_SIZE + 1}, .* only {TRAIN_SIZE} images"):
+        main([str(prepared / "data/train"), "background.npy"])
+    assert list(tmp_path.iterdir()) == [tmp_path / "params.yaml"]
