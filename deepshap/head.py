@@ -27,6 +27,23 @@ def where_close(delta: np.ndarray, epsilon: float, close, far) -> np.ndarray:
     return np.where(np.abs(delta) < epsilon, close, far)
 
 
+PAD_ROWS = 8  # rows of zeros after the real ones: more than a vector register holds at the array's end
+
+
+def padded(values: np.ndarray) -> np.ndarray:
+    """Return values (rows, L) with PAD_ROWS rows of zeros below.
+
+    TensorFlow computes the last elements of an array, those after its last full vector, another way
+    (measured: a different last bit), so a row's result would depend on how many rows share the call.
+    """
+    return np.concatenate([values, np.zeros((PAD_ROWS, values.shape[1]), values.dtype)])
+
+
+def padded_exp(values: np.ndarray) -> np.ndarray:
+    """Return TensorFlow's exp of values (rows, L), each row's bits independent of the others."""
+    return tf.exp(padded(values)).numpy()[: len(values)]
+
+
 def shap_softmax(image_logits: np.ndarray, reference_logits: np.ndarray) -> np.ndarray:
     """Return shap's softmax multipliers, (images, references, classes, logits).
 
@@ -37,9 +54,9 @@ def shap_softmax(image_logits: np.ndarray, reference_logits: np.ndarray) -> np.n
     zx, zr = image_logits.astype(np.float32), reference_logits.astype(np.float32)  # (images, L), (refs, L)
     cx = zx - zx.max(axis=1, keepdims=True)
     cr = zr - zr.max(axis=1, keepdims=True)
-    ex, er = tf.exp(cx).numpy(), tf.exp(cr).numpy()
-    sx = tf.reduce_sum(ex, axis=1, keepdims=True).numpy()
-    sr = tf.reduce_sum(er, axis=1, keepdims=True).numpy()
+    ex, er = padded_exp(cx), padded_exp(cr)
+    sx = tf.reduce_sum(padded(ex), axis=1, keepdims=True).numpy()[: len(ex)]
+    sr = tf.reduce_sum(padded(er), axis=1, keepdims=True).numpy()[: len(er)]
     # From here on every array is (images, references, logits): the image's values against each reference's.
     zx, cx, ex, sx = (value[:, np.newaxis] for value in (zx, cx, ex, sx))
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -137,8 +154,10 @@ def _shapley_pairs(image_logits, reference_logits, weights, output):
                 rest = image_sums[subset] + reference_sums[outside ^ (1 << i)]
                 h = weights[members] * secant[i] / ((ex[i] + rest) * (er[i] + rest))
                 for c in range(logits):
-                    multipliers[i, c] -= h * values[subset, c]
-                multipliers[i, i] += h * (rest + er[i])  # undo the c = i term above, add softmax_i's own
+                    if c != i:
+                        multipliers[i, c] -= h * values[subset, c]
+                # softmax_i's own change; added alone, so a small rest is not lost beside a large er_i
+                multipliers[i, i] += h * rest
         for c in range(logits):
             for i in range(logits):
                 output[k, r, c, i] = multipliers[i, c]

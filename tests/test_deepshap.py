@@ -210,3 +210,22 @@ def test_probability_output_needs_a_softmax_head():
     model = stack("logit head")
     with pytest.raises(UnsupportedModelError, match="softmax"):
         Explainer(model, output="probability")
+
+
+def test_shapley_multipliers_keep_a_dominant_logits_small_neighbours():
+    """A logit far above the others (softmax ~ one-hot): the rest of the sum is tiny beside it."""
+    zx = np.array([[36.0, 0.0, -1.0, 2.0]])
+    zr = np.array([[0.0, 1.0, 0.5, -2.0]])
+    phi = shapley_softmax(zx, zr)[0, 0] * (zx[0] - zr[0])
+    np.testing.assert_allclose(phi, brute_force_shapley(zx[0], zr[0]), rtol=0, atol=1e-12)
+
+
+def test_shap_rule_of_an_image_does_not_depend_on_how_many_share_the_call():
+    from deepshap.head import shap_softmax
+
+    rng = np.random.default_rng(2)
+    zx, zr = rng.normal(0, 3, (13, 10)), rng.normal(0, 3, (5, 10))
+    together = shap_softmax(zx, zr)
+    for size in (1, 3, 7):
+        apart = np.concatenate([shap_softmax(zx[i : i + size], zr) for i in range(0, 13, size)])
+        assert apart.tobytes() == together.tobytes()
