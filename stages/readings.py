@@ -1,12 +1,15 @@
 """What the pipeline reads off SHAP values: completeness, the lab's reading, and its claims.
 
-Shared by the explain and trust stages (and the mistakes stage); not a stage itself.
+Shared by the explain and trust stages (and the mistakes stage); not a stage itself. Values are in
+shap's layout, (images, rows, columns, channels, classes); labels name each image's true class.
 """
 
 import numpy as np
 
 from stages.common import CLASS_NAMES
 
+T_SHIRT = CLASS_NAMES.index("T-shirt/top")  # the lab reads the sleeves off its T-shirt example
+PULLOVER = CLASS_NAMES.index("Pullover")
 COAT = CLASS_NAMES.index("Coat")  # the lab reads the top 3 classes of its coat example
 TOP = 3
 
@@ -36,7 +39,7 @@ def lab_reading(values: np.ndarray, probabilities: np.ndarray, expected: np.ndar
     """Return the metrics the lab reads off its figure."""
     predicted = probabilities.argmax(axis=1)
     diagonal = largest_positive_mass(values)
-    coat_row = int(np.nonzero(labels == COAT)[0][0])
+    coat_row = row_of(labels, COAT)
     top = np.argsort(probabilities[coat_row])[::-1][:TOP]
     return {
         "predicted_class": {CLASS_NAMES[label]: int(p) for label, p in zip(labels, predicted)},
@@ -47,4 +50,54 @@ def lab_reading(values: np.ndarray, probabilities: np.ndarray, expected: np.ndar
             str(rank + 1): {"class": CLASS_NAMES[c], "probability": round(float(probabilities[coat_row, c]), 6)}
             for rank, c in enumerate(top)
         },
+    }
+
+
+def row_of(labels: np.ndarray, label: int) -> int:
+    """Return the row of the first image of class label."""
+    return int(np.nonzero(labels == label)[0][0])
+
+
+def diagonal_claim(values: np.ndarray, labels: np.ndarray) -> dict:
+    """The lab's diagonal: every image's own class holds its largest positive SHAP mass; share: of the images."""
+    share = float(np.mean(largest_positive_mass(values) == labels))
+    return {"holds": share == 1.0, "share": share}
+
+
+def coat_claim(values: np.ndarray, probabilities: np.ndarray, labels: np.ndarray) -> dict:
+    """The lab's coat: its 3 classes of largest positive SHAP mass are its 3 most probable classes, in any order.
+
+    The lab reads them as the classes the model "had reasons" for; shared_top3 counts the classes in both.
+    """
+    row = row_of(labels, COAT)
+    by_mass = np.argsort(-positive_mass(values[row : row + 1])[0], kind="stable")[:TOP]
+    by_probability = np.argsort(-probabilities[row], kind="stable")[:TOP]
+    shared = len(set(by_mass.tolist()) & set(by_probability.tolist()))
+    return {"holds": shared == TOP, "shared_top3": shared}
+
+
+def sleeve_pixels(t_shirt: np.ndarray, mean_pullover: np.ndarray, blank_below: float, filled_above: float
+                  ) -> np.ndarray:
+    """Return where the T-shirt image is blank but the mean Pullover is not: where long sleeves would be.
+
+    t_shirt and mean_pullover: one image each (rows, columns, channels), pixels in [0, 1]; returns bool, that shape.
+    """
+    return (t_shirt < blank_below) & (mean_pullover > filled_above)
+
+
+def sleeves_claim(values: np.ndarray, labels: np.ndarray, pixels: np.ndarray) -> dict:
+    """The lab's sleeves: over pixels (sleeve_pixels), the T-shirt image's values sum above 0 for
+    T-shirt/top and below 0 for Pullover ("white pixels where long sleeves would be push towards
+    T-shirt and away from pullover")."""
+    sums = values[row_of(labels, T_SHIRT)][pixels].astype(np.float64).sum(axis=0)  # (classes,)
+    t_shirt, pullover = float(sums[T_SHIRT]), float(sums[PULLOVER])
+    return {"holds": t_shirt > 0 > pullover, "t_shirt_sum": t_shirt, "pullover_sum": pullover}
+
+
+def lab_claims(values: np.ndarray, probabilities: np.ndarray, labels: np.ndarray, pixels: np.ndarray) -> dict:
+    """Return the lab's three readings of one explanation, each with whether it holds and the numbers behind it."""
+    return {
+        "diagonal": diagonal_claim(values, labels),
+        "coat": coat_claim(values, probabilities, labels),
+        "sleeves": sleeves_claim(values, labels, pixels),
     }

@@ -72,8 +72,8 @@ def tiny_params(search_dir: Path, hashes: dict[str, str]) -> dict:
     params["train"]["epochs"] = 1
     params["sample_background"]["size"] = BACKGROUND_SIZE
     params["trust"].update(
-        images_per_class=1, convergence_sizes=[5], deletion_steps=7, random_orders=2, randomization_background=10,
-        chunk_size=10,
+        images_per_class=1, convergence_sizes=[5], diagnostics_size=5, deletion_steps=7, random_orders=2,
+        randomization_background=10, readings_backgrounds=2, readings_size=10, chunk_size=10,
     )
     return params
 

@@ -71,6 +71,12 @@ def test_explain_params_rerun_explain_not_trust_and_visualize_only_if_the_values
     assert ran == (["explain", "visualize"] if values_changed else ["explain"])
 
 
+def test_the_head_rule_reaches_explain_but_not_trust(project):
+    """Trust measures every rule itself."""
+    set_param(project, "explain", "softmax_rule", "shapley")
+    assert set(changed_deps(project)) == {"explain"}
+
+
 def test_run_cache_gives_back_the_outputs_of_the_same_params(project):
     """The DVC pitfall: a restored stage must have been run with exactly these params."""
     before = (project / "data/background.npy").read_bytes()
