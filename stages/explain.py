@@ -16,37 +16,20 @@ import time
 import numpy as np
 from tqdm import tqdm
 
-from deepshap import OUTPUTS, SOFTMAX_RULES, Explainer, UnsupportedModelError, shap_reference
+from deepshap import shap_reference
 from deepshap.reference import logit_model
 from stages.common import (
-    PipelineError, first_of_each_class, is_terminal, load_split, parse_paths, read_params,
+    first_of_each_class, is_terminal, load_split, parse_paths, read_params,
     require_positive, run, save_json, save_npy,
 )
+from stages.engines import check_engine_params, fast_explainer
 from stages.model import load_model
 from stages.readings import lab_reading
 
-ENGINES = ("fast", "shap")
-
-
 def check_params(params: dict) -> None:
     """Fail with one line naming the param unless the explain section's values fit together."""
-    for key, allowed in (("engine", ENGINES), ("output", OUTPUTS), ("softmax_rule", tuple(SOFTMAX_RULES))):
-        if params[key] not in allowed:
-            raise PipelineError(f"params.yaml: explain.{key} must be one of {', '.join(allowed)}, got {params[key]!r}")
-    if params["engine"] == "shap" and params["output"] == "probability" and params["softmax_rule"] != "shap":
-        raise PipelineError(
-            "params.yaml: explain.engine: shap has only shap's softmax rule; set explain.softmax_rule: shap "
-            "or explain.engine: fast"
-        )
+    check_engine_params(params)
     require_positive("explain.chunk_size", params["chunk_size"])
-
-
-def fast_explainer(model, output: str, softmax_rule: str, chunk_size: int) -> Explainer:
-    """Return the fast engine for model, or fail with one line pointing to explain.engine: shap."""
-    try:
-        return Explainer(model, output=output, softmax_rule=softmax_rule, chunk_size=chunk_size)
-    except UnsupportedModelError as error:
-        raise PipelineError(f"{error}; set explain.engine: shap in params.yaml") from None
 
 
 def explain(model, background: np.ndarray, images: np.ndarray, params: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -96,7 +96,7 @@ def test_two_queued_experiments_run_at_the_same_time_and_both_show(queued):
 @pytest.mark.parametrize(
     ("name", "reruns"),
     [
-        ("seed-2", {"train", "evaluate", "explain", "visualize", "trust"}),
+        ("seed-2", {"train", "evaluate", "explain", "visualize", "trust", "mistakes"}),
         ("deletion-4", {"trust"}),
     ],
 )

@@ -35,6 +35,7 @@ def test_repro_builds_every_output_and_reports_metrics(built_project):
     files = metrics[""]["data"]
     assert set(files) == {
         "metrics/train/metrics.json", "metrics/evaluate.json", "metrics/explain.json", "metrics/trust.json",
+        "metrics/mistakes.json",
     }
     assert "accuracy" in files["metrics/evaluate.json"]["data"]
     assert files["metrics/explain.json"]["data"]["additivity_error"] < 1e-5
@@ -47,8 +48,8 @@ def test_repro_builds_every_output_and_reports_metrics(built_project):
 @pytest.mark.parametrize(
     ("section", "key", "value", "reruns"),
     [
-        ("train", "epochs", 2, {"train", "evaluate", "explain", "visualize", "trust"}),
-        ("sample_background", "size", 10, {"sample_background", "explain", "visualize", "trust"}),
+        ("train", "epochs", 2, {"train", "evaluate", "explain", "visualize", "trust", "mistakes"}),
+        ("sample_background", "size", 10, {"sample_background", "explain", "visualize", "trust", "mistakes"}),
         ("trust", "deletion_steps", 4, {"trust"}),
     ],
 )
@@ -71,10 +72,10 @@ def test_explain_params_rerun_explain_not_trust_and_visualize_only_if_the_values
     assert ran == (["explain", "visualize"] if values_changed else ["explain"])
 
 
-def test_the_head_rule_reaches_explain_but_not_trust(project):
-    """Trust measures every rule itself."""
+def test_the_head_rule_reaches_explain_and_mistakes_but_not_trust(project):
+    """Trust measures every rule itself; the mistakes stage explains with the explain stage's rule."""
     set_param(project, "explain", "softmax_rule", "shapley")
-    assert set(changed_deps(project)) == {"explain"}
+    assert set(changed_deps(project)) == {"explain", "mistakes"}
 
 
 def test_run_cache_gives_back_the_outputs_of_the_same_params(project):

@@ -1,0 +1,356 @@
+"""mistakes: the measures on known maps, shards and Ray giving the same bytes, faults, and the stage in DVC.
+
+The stage's data here: the prepared tiny model, and the first test images relabelled so that every
+one is a mistake (its label is its prediction plus 1 or 2), giving pairs of different sizes.
+"""
+
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+import yaml
+from conftest import ROOT, dvc, init_project, run_stage, stages_run, write_params
+from test_fetch import assert_one_line_error
+
+from stages.common import PipelineError
+from stages.mistakes import (
+    explain_in_process, explain_on_ray, find_mistakes, main, mistake_metrics, pairs_figure, region_shares, top_pairs,
+)
+from stages.model import load_model
+
+ARGS = ["models/model.weights.h5", "data/background.npy", "data/test", "out/mistakes", "out/mistakes.json",
+        "out/mistakes.png"]
+SETTINGS = {"engine": "fast", "output": "probability", "softmax_rule": "shap", "chunk_size": 10}
+IMAGES = 16  # test images, all mistakes once relabelled
+PARAMS = {"background_size": 10, "ray_address": "", "shard_size": 4, "chunk_size": 10, "top_pairs": 2}
+# For the Ray clusters and the stages the tests start: no usage report over the network, and token
+# authentication with a throwaway token (a `ray start` cluster of Ray 2.60 expects a token).
+RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}
+
+
+def labels_one_or_two_off(predicted: np.ndarray) -> np.ndarray:
+    """Return labels that make every prediction wrong: prediction + 1 for two images in three, + 2 for the third."""
+    return (predicted + 1 + (np.arange(len(predicted)) % 3 == 2)) % 10
+
+
+@pytest.fixture(scope="module")
+def mistaken(prepared, tmp_path_factory) -> Path:
+    """A directory with the prepared model and background, a relabelled test split, and tiny params."""
+    directory = tmp_path_factory.mktemp("mistaken")
+    (directory / "data/test").mkdir(parents=True)
+    shutil.copytree(prepared / "models", directory / "models")
+    shutil.copy(prepared / "data/background.npy", directory / "data/background.npy")
+    x_test = np.load(prepared / "data/test/x.npy")[:IMAGES]
+    predicted = load_model(directory / "models/model.weights.h5").predict(x_test, verbose=0).argmax(axis=1)
+    np.save(directory / "data/test/x.npy", x_test)
+    np.save(directory / "data/test/y.npy", labels_one_or_two_off(predicted).astype(np.uint8))
+    params = yaml.safe_load((prepared / "params.yaml").read_text())
+    params["mistakes"] = dict(PARAMS)
+    write_params(directory, params)
+    return directory
+
+
+def copy_with(source: Path, target: Path, **mistakes_params) -> Path:
+    """Copy a stage directory (its inputs and params), changing some mistakes params."""
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns("out"))
+    params = yaml.safe_load((target / "params.yaml").read_text())
+    params["mistakes"].update(mistakes_params)
+    write_params(target, params)
+    return target
+
+
+def inputs(directory: Path, background_size: int = PARAMS["background_size"]) -> tuple:
+    """Return (model, background, images, classes) of a stage directory, as the stage finds them."""
+    model = load_model(directory / "models/model.weights.h5")
+    x_test, y_test = np.load(directory / "data/test/x.npy"), np.load(directory / "data/test/y.npy")
+    indices, classes = find_mistakes(model.predict(x_test, verbose=0), y_test)
+    return model, np.load(directory / "data/background.npy")[:background_size], x_test[indices], classes
+
+
+@pytest.fixture(scope="module")
+def reference(mistaken) -> np.ndarray:
+    """The values of every mistake, in this process, in one shard: what every other way must reproduce."""
+    model, background, images, classes = inputs(mistaken)
+    return explain_in_process(model, background, images, classes, SETTINGS, shard_size=len(images))
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+# --- The measures, on cases whose answer is known ---
+
+def test_find_mistakes_lists_wrong_predictions_with_true_then_predicted_class():
+    probabilities = np.eye(10)[[3, 1, 4, 1, 5]]
+    indices, classes = find_mistakes(probabilities, np.array([3, 2, 4, 0, 5]))
+    assert indices.tolist() == [1, 3]
+    assert classes.tolist() == [[2, 1], [0, 1]]
+
+
+def test_top_pairs_puts_the_most_frequent_first_and_ties_in_class_order():
+    classes = np.array([[6, 0], [2, 4], [6, 0], [4, 2], [2, 4], [6, 0], [0, 6]])
+    assert top_pairs(classes, 3) == [(6, 0), (2, 4), (0, 6)]
+    assert top_pairs(classes, 10) == [(6, 0), (2, 4), (0, 6), (4, 2)]
+
+
+def test_region_shares_of_maps_inside_spread_over_and_outside_the_pairs_region():
+    inside = np.zeros((28, 28))
+    inside[:3, :26] = 1.0  # 78 pixels, the region's size: a tenth of 784
+    spread = np.ones((28, 28))
+    outside = np.zeros((28, 28))
+    outside[20:, :] = 1.0
+    shares = region_shares(np.stack([inside, inside, inside, spread, outside, np.zeros((28, 28))]))
+    np.testing.assert_allclose(shares, [1.0, 1.0, 1.0, 78 / 784, 0.0, 0.0])
+
+
+def test_region_shares_ignore_negative_values():
+    maps = np.zeros((2, 28, 28))
+    maps[:, :3, :26] = 1.0
+    maps[1, 20:, :] = -5.0  # evidence against the class, outside the region: not part of the mass
+    np.testing.assert_allclose(region_shares(maps), [1.0, 1.0])
+
+
+def test_metrics_count_every_pair_and_the_concentrated_mistakes_of_the_top_ones():
+    classes = np.array([[6, 0], [6, 0], [6, 0], [2, 4]])
+    maps = np.zeros((4, 28, 28, 2))
+    maps[:2, :3, :26, 1] = 1.0  # two of the three Shirt -> T-shirt maps in the same region
+    maps[2, 10:, :, 1] = 1.0  # the third spread over the lower two thirds
+    metrics = mistake_metrics(classes, maps, top_pairs(classes, 1), test_size=40)
+    assert metrics["mistakes"] == 4 and metrics["error_rate"] == 0.1
+    assert metrics["pairs"] == {"Shirt -> T-shirt/top": 3, "Pullover -> Coat": 1}
+    top = metrics["top_pairs"]["Shirt -> T-shirt/top"]
+    assert top["mistakes"] == 3
+    assert top["concentrated_share"] == pytest.approx(2 / 3, abs=1e-6)
+
+
+def test_figure_titles_each_pair_and_its_classes():
+    rng = np.random.default_rng(0)
+    classes = np.array([[6, 0], [6, 0], [4, 2]])
+    figure = pairs_figure(rng.random((3, 28, 28, 1)), classes, rng.normal(size=(3, 28, 28, 2)), np.array([5, 9, 12]),
+                          top_pairs(classes, 2))
+    texts = {text.get_text() for text in figure.findobj(lambda artist: hasattr(artist, "get_text"))}
+    assert {"Shirt taken for T-shirt/top: 2 mistakes", "Coat taken for Pullover: 1 mistakes"} <= texts
+    assert {"test image 9", "for Shirt", "for T-shirt/top", "mean T-shirt/top\nminus Shirt"} <= texts
+
+
+# --- Shards, in this process ---
+
+def test_shards_of_any_size_give_the_same_bytes_and_the_values_add_up(mistaken, reference):
+    model, background, images, classes = inputs(mistaken)
+    assert len(images) == IMAGES  # every relabelled image is a mistake
+    for shard_size in (5, 7):
+        np.testing.assert_array_equal(explain_in_process(model, background, images, classes, SETTINGS, shard_size),
+                                      reference)
+    # Completeness, class by class: the true class's values first, then the predicted one's.
+    probabilities = model.predict(images, verbose=0).astype(np.float64)
+    expected = model.predict(background, verbose=0).astype(np.float64).mean(axis=0)
+    rows = np.arange(len(images))[:, np.newaxis]
+    totals = reference.astype(np.float64).sum(axis=(1, 2, 3))
+    np.testing.assert_allclose(totals, probabilities[rows, classes] - expected[classes], atol=1e-5)
+    assert np.abs(reference).max() > 1e-3
+
+
+@pytest.mark.slow
+def test_shap_engine_gives_the_fast_engines_values_for_the_two_classes(mistaken):
+    model, background, images, classes = inputs(mistaken, background_size=5)
+    settings = dict(SETTINGS, chunk_size=5)
+    fast = explain_in_process(model, background, images[:3], classes[:3], settings, shard_size=3)
+    shap = explain_in_process(model, background, images[:3], classes[:3], dict(settings, engine="shap"), shard_size=2)
+    np.testing.assert_allclose(shap, fast, rtol=0, atol=1e-5)
+    assert np.abs(fast).max() > 1e-3
+
+
+# --- The stage ---
+
+def test_stage_without_mistakes_writes_empty_outputs(mistaken, tmp_path, monkeypatch):
+    directory = copy_with(mistaken, tmp_path / "stage")
+    model = load_model(directory / "models/model.weights.h5")
+    x_test = np.load(directory / "data/test/x.npy")
+    np.save(directory / "data/test/y.npy", model.predict(x_test, verbose=0).argmax(axis=1).astype(np.uint8))
+    monkeypatch.chdir(directory)
+    main(ARGS)
+    assert np.load("out/mistakes/shap_values.npy").shape == (0, 28, 28, 1, 2)
+    assert json.loads(Path("out/mistakes.json").read_text())["mistakes"] == 0
+    assert Path("out/mistakes.png").is_file()
+
+
+@pytest.mark.parametrize("address, fragment", [("127.0.0.1:{port}", "cannot be reached"),
+                                               ("ray://127.0.0.1:{port}", "cannot be reached"),
+                                               ("auto", "cannot be reached"),  # RAY_ADDRESS, set below
+                                               ("head-node", "must be empty")])
+def test_bad_cluster_address_fails_at_once_naming_the_param(mistaken, tmp_path, monkeypatch, address, fragment):
+    port = free_port()
+    monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{port}")  # where "auto" looks first
+    directory = copy_with(mistaken, tmp_path / "stage", ray_address=address.format(port=port))
+    monkeypatch.chdir(directory)
+    with pytest.raises(PipelineError, match="mistakes.ray_address") as error:
+        main(ARGS)
+    assert fragment in str(error.value)
+    assert not (directory / "out").exists()
+
+
+@pytest.mark.slow
+def test_unreachable_cluster_is_one_line_from_the_command_line(mistaken, tmp_path):
+    directory = copy_with(mistaken, tmp_path / "stage", ray_address=f"127.0.0.1:{free_port()}")
+    result = run_stage("mistakes", *ARGS, cwd=directory, check=False)
+    assert_one_line_error(result, "mistakes.ray_address", "cannot be reached")
+    assert not (directory / "out").exists()
+
+
+# --- On Ray ---
+
+@pytest.mark.slow
+def test_local_ray_with_two_workers_gives_the_bytes_of_one_process(mistaken, reference):
+    model, background, images, classes = inputs(mistaken)
+    values = explain_on_ray("", 2, model, background, images, classes, SETTINGS, shard_size=3)
+    np.testing.assert_array_equal(values, reference)
+
+
+def start_ray(command: list[str], log) -> subprocess.Popen:
+    """Start `ray start --block ...` (it stays in the foreground, so the test knows the processes it owns)."""
+    return subprocess.Popen(["ray", "start", "--block", "--node-ip-address=127.0.0.1", "--num-cpus=1",
+                             "--disable-usage-stats", *command], stdout=log, stderr=subprocess.STDOUT,
+                            env=dict(os.environ, **RAY_ENV))
+
+
+def stop(processes: list[subprocess.Popen]) -> None:
+    """Kill these processes and every process they started, by id (a throwaway cluster needs no draining)."""
+    family = [psutil.Process(process.pid) for process in processes if process.poll() is None]
+    family += [child for parent in family for child in parent.children(recursive=True)]
+    for member in family:
+        try:
+            member.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(family, timeout=30)
+
+
+@pytest.fixture
+def two_node_cluster(tmp_path):
+    """A Ray cluster of two nodes on this machine, one CPU each; yields its head's address."""
+    port = free_port()
+    # Its own short temporary directory (socket paths are limited to 107 characters): the cluster's
+    # address is recorded there, not where other Ray users of the machine look for theirs.
+    temporary = tempfile.mkdtemp(prefix="ray")
+    processes = []
+    with open(tmp_path / "ray.log", "w") as log:
+        try:
+            processes.append(start_ray(["--head", f"--port={port}", "--include-dashboard=false",
+                                        f"--temp-dir={temporary}"], log))
+            wait_for_port(port)
+            processes.append(start_ray([f"--address=127.0.0.1:{port}"], log))
+            yield f"127.0.0.1:{port}"
+        finally:
+            stop(processes)
+            shutil.rmtree(temporary, ignore_errors=True)
+
+
+def wait_for_port(port: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+def wait_for_nodes(address: str, count: int) -> None:
+    """Wait until the cluster at address has count nodes alive (the second joins a few seconds after the head)."""
+    script = (f"import ray, time\nray.init(address={address!r}, logging_level='ERROR')\n"
+              f"while sum(node['Alive'] for node in ray.nodes()) < {count}: time.sleep(0.5)\n")
+    subprocess.run([sys.executable, "-c", script], env=dict(os.environ, **RAY_ENV), timeout=120, check=True,
+                   capture_output=True)
+
+
+def run_mistakes(directory: Path) -> subprocess.Popen:
+    """Start the stage in directory, as dvc.yaml runs it."""
+    return subprocess.Popen([sys.executable, "-m", "stages.mistakes", *ARGS], cwd=directory, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ, **RAY_ENV))
+
+
+@pytest.mark.slow
+def test_stage_runs_on_a_two_node_cluster_through_the_address_param(mistaken, reference, two_node_cluster, tmp_path):
+    wait_for_nodes(two_node_cluster, 2)
+    directory = copy_with(mistaken, tmp_path / "stage", ray_address=two_node_cluster)
+    stage = run_mistakes(directory)
+    stdout, stderr = stage.communicate(timeout=300)
+    assert stage.returncode == 0, stderr
+    assert "on 2 Ray workers" in stdout
+    np.testing.assert_array_equal(np.load(directory / "out/mistakes/shap_values.npy"), reference)
+    assert json.loads((directory / "out/mistakes.json").read_text())["mistakes"] == IMAGES
+
+
+def explaining_worker(stage: subprocess.Popen) -> psutil.Process | None:
+    """Return a Ray worker of the stage's own Ray that is explaining a shard right now, if any."""
+    for process in psutil.Process(stage.pid).children(recursive=True):
+        try:
+            if " ".join(process.cmdline()).startswith("ray::RayWorker.explain"):
+                return process
+        except psutil.NoSuchProcess:
+            pass
+    return None
+
+
+@pytest.mark.slow
+def test_worker_killed_in_the_middle_of_a_shard_is_retried_and_the_bytes_are_the_same(prepared, mistaken, tmp_path):
+    # A background of 200 training images, so that each shard takes long enough to be caught.
+    directory = copy_with(mistaken, tmp_path / "stage", background_size=200)
+    np.save(directory / "data/background.npy", np.load(prepared / "data/train/x.npy")[:200])
+    model, background, images, classes = inputs(directory, background_size=200)
+    expected = explain_in_process(model, background, images, classes, SETTINGS, shard_size=len(images))
+
+    stage = run_mistakes(directory)
+    killed = None
+    while killed is None and stage.poll() is None:
+        worker = explaining_worker(stage)
+        if worker is not None:
+            worker.kill()
+            killed = worker.pid
+        time.sleep(0.05)
+    _, stderr = stage.communicate(timeout=300)
+    assert killed is not None, "no worker was seen explaining a shard"
+    assert stage.returncode == 0, stderr
+    np.testing.assert_array_equal(np.load(directory / "out/mistakes/shap_values.npy"), expected)
+
+
+# --- In the pipeline ---
+
+def set_param(project: Path, section: str, key: str, value) -> None:
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params[section][key] = value
+    write_params(project, params)
+
+
+def test_only_the_mistakes_stage_declares_mistakes_params():
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    declaring = {name for name, stage in stages.items()
+                 if any(str(param).startswith("mistakes.") for param in stage.get("params", []))}
+    assert declaring == {"mistakes"}
+
+
+@pytest.mark.slow
+def test_mistakes_params_rerun_only_mistakes_and_epochs_rerun_it(tmp_path, raw_files):
+    # `dvc repro mistakes` runs the stage and what it needs only (not explain, visualize, trust).
+    project = init_project(tmp_path / "project", raw_files)
+    assert set(stages_run(dvc("repro", "mistakes", cwd=project).stdout)) == {
+        "fetch", "preprocess", "train", "sample_background", "mistakes"}
+    assert (project / "metrics/mistakes.json").is_file() and (project / "plots/mistakes.png").is_file()
+    set_param(project, "mistakes", "top_pairs", 2)
+    assert stages_run(dvc("repro", "mistakes", cwd=project).stdout) == ["mistakes"]
+    set_param(project, "train", "epochs", 2)
+    assert set(stages_run(dvc("repro", "mistakes", cwd=project).stdout)) == {"train", "mistakes"}
