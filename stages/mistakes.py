@@ -185,6 +185,10 @@ def explain_on_ray(address: str, workers: int | None, model, background: np.ndar
     shards = shard_bounds(len(images), shard_size)
     if not shards:
         return values
+    if not address and len(shards) == 1:
+        # Nothing to share out: starting a local Ray (some 15 s) would only add time; the bytes are the same.
+        print("mistakes: 1 shard, explained in this process")
+        return explain_in_process(model, background, images, classes, settings, shard_size)
     connect(address, workers)
     try:
         count = min(int(ray.cluster_resources().get("CPU", 1)), len(shards))

@@ -63,6 +63,16 @@ def write_raw_files(directory: Path) -> dict[str, str]:
     return hashes
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Keep the tests that share the built project on one pytest-xdist worker (it is built once per
+    worker), and the tests that start Ray on one worker (two Ray clusters at once would fight for the cores)."""
+    for item in items:
+        if "built_project" in item.fixturenames:
+            item.add_marker(pytest.mark.xdist_group("built_project"))
+        elif item.module.__name__ == "test_mistakes":
+            item.add_marker(pytest.mark.xdist_group("ray"))
+
 def tiny_params(search_dir: Path, hashes: dict[str, str]) -> dict:
     """Return params.yaml's content, pointed at the synthetic files and shrunk for speed."""
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -75,6 +85,9 @@ def tiny_params(search_dir: Path, hashes: dict[str, str]) -> dict:
         images_per_class=1, convergence_sizes=[5], diagnostics_size=5, deletion_steps=7, random_orders=2,
         randomization_background=10, readings_backgrounds=2, readings_size=10, chunk_size=10,
     )
+    # Every mistake in one shard: explained in the stage's process, no Ray to start (tests/test_mistakes.py
+    # runs the stage on Ray).
+    params["mistakes"].update(background_size=BACKGROUND_SIZE, shard_size=10_000, chunk_size=10)
     return params
 
 

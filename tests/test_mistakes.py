@@ -19,7 +19,7 @@ import numpy as np
 import psutil
 import pytest
 import yaml
-from conftest import ROOT, dvc, init_project, run_stage, stages_run, write_params
+from conftest import ROOT, run_stage, write_params
 from test_fetch import assert_one_line_error
 
 from stages.common import PipelineError
@@ -341,16 +341,3 @@ def test_only_the_mistakes_stage_declares_mistakes_params():
     declaring = {name for name, stage in stages.items()
                  if any(str(param).startswith("mistakes.") for param in stage.get("params", []))}
     assert declaring == {"mistakes"}
-
-
-@pytest.mark.slow
-def test_mistakes_params_rerun_only_mistakes_and_epochs_rerun_it(tmp_path, raw_files):
-    # `dvc repro mistakes` runs the stage and what it needs only (not explain, visualize, trust).
-    project = init_project(tmp_path / "project", raw_files)
-    assert set(stages_run(dvc("repro", "mistakes", cwd=project).stdout)) == {
-        "fetch", "preprocess", "train", "sample_background", "mistakes"}
-    assert (project / "metrics/mistakes.json").is_file() and (project / "plots/mistakes.png").is_file()
-    set_param(project, "mistakes", "top_pairs", 2)
-    assert stages_run(dvc("repro", "mistakes", cwd=project).stdout) == ["mistakes"]
-    set_param(project, "train", "epochs", 2)
-    assert set(stages_run(dvc("repro", "mistakes", cwd=project).stdout)) == {"train", "mistakes"}

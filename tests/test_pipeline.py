@@ -51,6 +51,7 @@ def test_repro_builds_every_output_and_reports_metrics(built_project):
         ("train", "epochs", 2, {"train", "evaluate", "explain", "visualize", "trust", "mistakes"}),
         ("sample_background", "size", 10, {"sample_background", "explain", "visualize", "trust", "mistakes"}),
         ("trust", "deletion_steps", 4, {"trust"}),
+        ("mistakes", "top_pairs", 2, {"mistakes"}),
     ],
 )
 def test_a_param_invalidates_its_stage_alone_and_reaches_what_reads_its_outputs(project, section, key, value, reruns):
