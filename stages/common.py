@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import sys
+import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -36,6 +37,9 @@ def run(main: Callable[[], None]) -> None:
         main()
     except PipelineError as error:
         print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)
+    except FileNotFoundError as error:  # an input another stage makes: dvc repro runs that stage first
+        print(f"error: {error.filename}: no such file; `dvc repro` makes the pipeline's files", file=sys.stderr)
         sys.exit(1)
 
 
@@ -93,7 +97,7 @@ def read_gzip(path: Path) -> bytes:
     try:
         with gzip.open(path, "rb") as file:
             return file.read()
-    except (OSError, EOFError) as error:
+    except (OSError, EOFError, zlib.error) as error:  # zlib.error: a corrupt stream inside a valid header
         raise PipelineError(f"{path} is not a readable gzip file ({error}); fetch it again") from None
 
 

@@ -7,13 +7,12 @@ import shutil
 import numpy as np
 import pytest
 import yaml
-from conftest import run_stage, write_params
-from test_fetch import assert_one_line_error
+from conftest import assert_one_line_error, run_stage, write_params
 
 from stages.common import CLASS_NAMES, PipelineError
 from stages.explain import main
-from stages.readings import additivity_error, lab_reading, largest_positive_mass
 from stages.model import load_model
+from stages.readings import additivity_error, lab_reading, largest_positive_mass
 
 
 def test_largest_positive_mass_ignores_negative_values():

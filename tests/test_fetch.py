@@ -7,7 +7,7 @@ from contextlib import contextmanager
 
 import pytest
 import yaml
-from conftest import run_stage, write_params
+from conftest import assert_one_line_error, run_stage, write_params
 
 from stages.common import PipelineError
 from stages.fetch import main
@@ -17,15 +17,6 @@ NAMES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3
 
 def read_params(directory):
     return yaml.safe_load((directory / "params.yaml").read_text())
-
-
-def assert_one_line_error(result, *fragments):
-    assert result.returncode == 1
-    assert "Traceback" not in result.stderr
-    error = result.stderr.strip().splitlines()[-1]
-    assert error.startswith("error: ")
-    for fragment in fragments:
-        assert fragment in error
 
 
 def fetch_error(directory, monkeypatch) -> str:

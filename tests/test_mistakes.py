@@ -19,12 +19,18 @@ import numpy as np
 import psutil
 import pytest
 import yaml
-from conftest import ROOT, run_stage, write_params
-from test_fetch import assert_one_line_error
+from conftest import ROOT, assert_one_line_error, run_stage, write_params
 
 from stages.common import PipelineError
 from stages.mistakes import (
-    explain_in_process, explain_on_ray, find_mistakes, main, mistake_metrics, pairs_figure, region_shares, top_pairs,
+    explain_in_process,
+    explain_on_ray,
+    find_mistakes,
+    main,
+    mistake_metrics,
+    pairs_figure,
+    region_shares,
+    top_pairs,
 )
 from stages.model import load_model
 
