@@ -31,6 +31,7 @@ from stages.model import load_model
 WORKERS = (1, 2)
 PREDICTED_CORES = (16, 64)
 SETTINGS = {"engine": "fast", "output": "probability", "softmax_rule": "shap", "chunk_size": 100}  # params.yaml's
+NOISY = " (other processes were running: the figures are noisy)"
 
 
 def usage(worker) -> tuple[float, int]:
@@ -121,8 +122,8 @@ def main() -> None:
     machine = f"{os.cpu_count()} cores, {platform.processor() or platform.machine()}, Python {platform.python_version()}"
     report = (
         f"# The mistakes stage on Ray, measured {date.today().isoformat()}\n\n"
-        f"`python benchmarks/mistakes_ray.py` on {machine}, load average {load:.1f} when it started (the\n"
-        f"machine is shared: the figures are noisy). The first {len(indices)} misclassified test images against\n"
+        f"`python benchmarks/mistakes_ray.py` on {machine}, load average {load:.1f} when it started{NOISY if load >= 1 else ''}.\n"
+        f"The first {len(indices)} misclassified test images against\n"
         f"{len(background)} background images, shards of {args.shard_size}, a local Ray with 1 then 2 workers (one\n"
         f"thread each), the same bytes from both. Time of the shards alone, after each worker explained one\n"
         f"image untimed; startup is Ray's start, the workers' and that image.\n\n"
