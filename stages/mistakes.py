@@ -216,9 +216,14 @@ def pair_name(true: int, predicted: int) -> str:
     return f"{CLASS_NAMES[true]} -> {CLASS_NAMES[predicted]}"
 
 
+def pair_counts(classes: np.ndarray) -> Counter:
+    """Return how many mistakes each (true, predicted) pair has; classes (mistakes, 2)."""
+    return Counter(map(tuple, classes.tolist()))
+
+
 def top_pairs(classes: np.ndarray, count: int) -> list[tuple[int, int]]:
     """Return the count most frequent (true, predicted) pairs, most frequent first, ties in class order."""
-    counts = Counter(map(tuple, classes.tolist()))
+    counts = pair_counts(classes)
     return sorted(counts, key=lambda pair: (-counts[pair], pair))[:count]
 
 
@@ -247,7 +252,7 @@ def mistake_metrics(classes: np.ndarray, maps: np.ndarray, pairs: list[tuple[int
     return {
         "mistakes": len(classes),
         "error_rate": round(len(classes) / test_size, 6),
-        "pairs": {pair_name(*pair): count for pair, count in sorted(Counter(map(tuple, classes.tolist())).items())},
+        "pairs": {pair_name(*pair): count for pair, count in sorted(pair_counts(classes).items())},
         "top_pairs": top,
     }
 
