@@ -85,9 +85,7 @@ class Explainer:
         for image, grad in enumerate(grad_logits):
             # One image at a time, so that its values do not depend on the others explained with it
             # (any shard of images gives the same bytes); (refs, classes, *shape) float64 throughout.
-            for index in reversed(range(network.first_generic, len(network.steps))):
-                needs = network.steps[index].needs_values
-                grad = network.steps[index].backward(grad, x[index][image] if needs else None, r.get(index))
+            grad = network.backward(grad, {index: values[image] for index, values in x.items()}, r)
             if network.fused is None:
                 difference = (images[image] - references).astype(np.float64)  # (refs, *image shape)
                 totals[image] += np.einsum("rc...,r...->...c", grad, difference)

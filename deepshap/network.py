@@ -11,9 +11,10 @@ classes, *output shape) float64, to multipliers at its input, for one explained 
         the input's change.
     Dropout: nothing at inference.
 
-The model's last Dense is the head: its logits are explained through a rule of deepshap.head. When
-the chain starts with Conv2D -> [BatchNormalization] -> ReLU -> MaxPooling2D on the input (the lab's
-first block), that block runs fused in deepshap.kernels.
+The model's last Dense is the head: its logits are explained through a rule of deepshap.head. Each
+block Conv2D (stride 1) -> [BatchNormalization] -> ReLU -> MaxPooling2D (valid) runs compiled, as one
+loop of deepshap.kernels; the one on the input (the lab's first block, valid padding) is fused with
+the input's (image - reference) and the sum over references.
 """
 
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ import tensorflow as tf
 from keras import layers
 
 from deepshap.head import LINEAR_EPSILON, NONLINEAR_EPSILON, where_close
+from deepshap.kernels import block_backward
 
 
 class UnsupportedModelError(ValueError):
@@ -245,12 +247,43 @@ class Network:
     def __init__(self, model: keras.Model, fuse: bool = True):
         self.steps, self.head = chain(model)
         self.num_classes = self.steps[-1].layer.units
-        self.fused = fused_block(self.steps) if fuse else None  # None, or the steps it covers and its kernel
-        self.first_generic = len(self.fused["steps"]) if self.fused else 0
-        # Steps whose inputs a backward rule reads, or the fused block's ReLU input.
-        self.kept = {i for i, step in enumerate(self.steps) if step.needs_values and i >= self.first_generic}
-        if self.fused:
-            self.kept.add(self.fused["relu"])
+        # Conv blocks run compiled (deepshap.kernels): the one at the input, if any, is fused with the
+        # input's (image - reference) and the sum over references; the others map multipliers.
+        blocks = [conv_block(self.steps, start) for start in range(len(self.steps))] if fuse else []
+        self.fused = blocks[0] if blocks and blocks[0] and blocks[0]["padding"] == (0, 0) else None
+        self.first_generic = self.fused["end"] + 1 if self.fused else 0
+        self.blocks = {}  # {index of the block's last step: block}, inside the model
+        index = self.first_generic
+        while index < len(self.steps):
+            if blocks and blocks[index]:
+                self.blocks[blocks[index]["end"]] = blocks[index]
+                index = blocks[index]["end"]
+            index += 1
+        inside = {i for block in self.blocks.values() for i in range(block["start"], block["end"] + 1)}
+        # Steps whose inputs a backward rule reads, and the ReLU inputs of the compiled blocks.
+        self.kept = {i for i, step in enumerate(self.steps) if step.needs_values and i >= self.first_generic
+                     and i not in inside}
+        self.kept |= {block["relu"] for block in [self.fused, *self.blocks.values()] if block}
+
+    def backward(self, grad: np.ndarray, image: dict, references: dict) -> np.ndarray:
+        """Return the multipliers at the first generic step's input, (refs, classes, *its input shape) float64.
+
+        grad (refs, classes, logits): the head's multipliers for one image; image and references: the
+        forward values of that image (indexed for it) and of the references.
+        """
+        index = len(self.steps) - 1
+        while index >= self.first_generic:
+            block = self.blocks.get(index)
+            if block:
+                relu = block["relu"]
+                grad = block_backward(grad, image[relu], references[relu], block["kernel"], block["padding"],
+                                      block["pool_size"], block["input_shape"])
+                index = block["start"] - 1
+                continue
+            step = self.steps[index]
+            grad = step.backward(grad, image[index] if step.needs_values else None, references.get(index))
+            index -= 1
+        return grad
 
     def forward(self, images: np.ndarray) -> dict:
         """Return {step index: its input values} for the steps that need them, and "logits": float32.
@@ -325,19 +358,22 @@ def chain(model: keras.Model) -> tuple[list[Step], str]:
     return steps, "softmax" if head == "softmax" else "linear"
 
 
-def fused_block(steps: list[Step]) -> dict | None:
-    """Return the lab's first block if the chain starts with it: Conv2D (valid, stride 1) -> [BatchNorm] ->
-    ReLU -> MaxPooling2D (valid), as {"steps", "relu" (index), "kernel" (filters, rows, columns, channels)}."""
-    conv = steps[0] if steps else None
-    if not (isinstance(conv, Conv) and conv.layer.padding == "valid" and tuple(conv.layer.strides) == (1, 1)):
+def conv_block(steps: list[Step], start: int) -> dict | None:
+    """Return the conv block starting at steps[start], or None: Conv2D (stride 1) -> [BatchNorm] -> ReLU ->
+    MaxPooling2D (valid), as {"start", "end" (the pool's index), "relu" (index), "kernel" (filters, rows,
+    columns, channels) float64, "padding" (top, left), "pool_size", "input_shape"}."""
+    conv = steps[start]
+    if not (isinstance(conv, Conv) and tuple(conv.layer.strides) == (1, 1)):
         return None
     kernel = conv.layer.kernel.numpy().astype(np.float64)  # (rows, columns, channels, filters)
-    index = 1
-    if isinstance(steps[index], BatchNorm):
+    index = start + 1
+    if index < len(steps) and isinstance(steps[index], BatchNorm):
         kernel = kernel * steps[index].scale  # the transpose of conv then scale is that of the scaled conv
         index += 1
-    if not (isinstance(steps[index], Relu) and index + 1 < len(steps) and isinstance(steps[index + 1], MaxPool)
+    if not (index + 1 < len(steps) and isinstance(steps[index], Relu) and isinstance(steps[index + 1], MaxPool)
             and steps[index + 1].layer.padding == "valid"):
         return None
-    return {"steps": steps[: index + 2], "relu": index, "pool_size": tuple(steps[index + 1].layer.pool_size),
-            "kernel": np.ascontiguousarray(np.moveaxis(kernel, -1, 0))}
+    # TensorFlow's 'same' padding puts the odd pixel at the bottom and right.
+    padding = (0, 0) if conv.layer.padding == "valid" else ((kernel.shape[0] - 1) // 2, (kernel.shape[1] - 1) // 2)
+    return {"start": start, "end": index + 1, "relu": index, "kernel": np.ascontiguousarray(np.moveaxis(kernel, -1, 0)),
+            "padding": padding, "pool_size": tuple(steps[index + 1].layer.pool_size), "input_shape": conv.input_shape}
