@@ -197,7 +197,7 @@ def explained(prepared) -> Path:
         monkeypatch.chdir(prepared)
         explain.main([
             "models/model.weights.h5", "data/background.npy", "data/test", "data/explanations",
-            "metrics/explain.json",
+            "metrics/explain.json", "metrics/timing.json",
         ])
     return prepared
 

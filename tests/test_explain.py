@@ -61,6 +61,8 @@ def test_explanations_have_shaps_layout_and_add_up(explained):
     metrics = json.loads((explained / "metrics/explain.json").read_text())
     assert metrics["additivity_error"] < 1e-5
     assert metrics["predicted_class"] == {CLASS_NAMES[i]: int(p) for i, p in enumerate(probabilities.argmax(axis=1))}
+    timing = json.loads((explained / "metrics/timing.json").read_text())
+    assert set(timing) == {"explain_seconds"} and timing["explain_seconds"] > 0
 
 
 def copy_inputs(source, destination, **explain_params) -> None:
@@ -73,7 +75,8 @@ def copy_inputs(source, destination, **explain_params) -> None:
     write_params(destination, params)
 
 
-EXPLAIN_ARGS = ["models/model.weights.h5", "data/background.npy", "data/test", "data/explanations", "metrics/explain.json"]
+EXPLAIN_ARGS = ["models/model.weights.h5", "data/background.npy", "data/test", "data/explanations", "metrics/explain.json",
+                "metrics/timing.json"]
 
 
 @pytest.mark.parametrize("output", ["probability", "logit"])
