@@ -40,6 +40,31 @@ def _window_max(conv_in, qi, qj, f, pool_rows, pool_columns):
     return best, row, column
 
 
+@numba.njit(inline="always")
+def _routed(x_out, r_out, x_i, x_j, r_i, r_j, image, reference, f):
+    """Return shap's max-pool and ReLU rules for one window of filter f: (row, column, scale, delta, relu).
+
+    The window's output multiplier goes to the ReLU input at (row, column), times scale / delta * relu:
+    the output's change goes to the image's argmax if x_out >= r_out and to the reference's otherwise,
+    divided there by the ReLU output's change, then the ReLU's rescale rule. scale is 0 where the
+    rules give nothing (no change, or an input change below LINEAR_EPSILON).
+    """
+    scale = x_out - r_out
+    if scale == 0:
+        return 0, 0, scale, np.float32(1.0), np.float32(0.0)
+    i, j = (x_i, x_j) if x_out >= r_out else (r_i, r_j)
+    x_in, r_in = image[i, j, f], reference[i, j, f]
+    delta = max(x_in, np.float32(0.0)) - max(r_in, np.float32(0.0))
+    if abs(delta) < LINEAR_EPSILON:
+        return i, j, np.float32(0.0), np.float32(1.0), np.float32(0.0)
+    delta_in = x_in - r_in
+    if abs(delta_in) < NONLINEAR_EPSILON:
+        relu = np.float32(1.0) if r_in > 0 else np.float32(0.0)
+    else:
+        relu = np.float32(delta / delta_in)
+    return i, j, scale, delta, relu
+
+
 def pool_conv_backward(pooled_grad: np.ndarray, *args) -> None:
     """Run the compiled loop, built for the number of classes so its innermost loops have a fixed length.
 
@@ -104,23 +129,12 @@ def _make_pool_conv_backward(classes):
                     for qi in range(qh):
                         for qj in range(qw):
                             for f in range(filters):
-                                x_out, r_out = image_max[k, qi, qj, f], reference_max[qi, qj, f]
-                                scale = x_out - r_out
+                                i, j, scale, delta, relu = _routed(
+                                    image_max[k, qi, qj, f], reference_max[qi, qj, f], image_at[k, qi, qj, f, 0],
+                                    image_at[k, qi, qj, f, 1], reference_at[qi, qj, f, 0], reference_at[qi, qj, f, 1],
+                                    image, reference, f)
                                 if scale == 0:
                                     continue
-                                if x_out >= r_out:
-                                    i, j = image_at[k, qi, qj, f, 0], image_at[k, qi, qj, f, 1]
-                                else:
-                                    i, j = reference_at[qi, qj, f, 0], reference_at[qi, qj, f, 1]
-                                x_in, r_in = image[i, j, f], reference[i, j, f]
-                                delta = max(x_in, np.float32(0.0)) - max(r_in, np.float32(0.0))
-                                if abs(delta) < LINEAR_EPSILON:
-                                    continue
-                                delta_in = x_in - r_in
-                                if abs(delta_in) < NONLINEAR_EPSILON:
-                                    relu = np.float32(1.0) if r_in > 0 else np.float32(0.0)
-                                else:
-                                    relu = np.float32(delta / delta_in)
                                 p = (qi * qw + qj) * filters + f
                                 for c in range(classes):
                                     value[c] = grad[c, p] * scale / delta * relu
@@ -189,23 +203,10 @@ def _make_block_backward(classes):
                 for qj in range(qw):
                     for f in range(filters):
                         r_out, r_i, r_j = _window_max(reference, qi, qj, f, pool_rows, pool_columns)
-                        x_out = image_max[qi, qj, f]
-                        scale = x_out - r_out
+                        i, j, scale, delta, relu = _routed(image_max[qi, qj, f], r_out, image_at[qi, qj, f, 0],
+                                                           image_at[qi, qj, f, 1], r_i, r_j, image, reference, f)
                         if scale == 0:
                             continue
-                        if x_out >= r_out:
-                            i, j = image_at[qi, qj, f, 0], image_at[qi, qj, f, 1]
-                        else:
-                            i, j = r_i, r_j
-                        x_in, r_in = image[i, j, f], reference[i, j, f]
-                        delta = max(x_in, np.float32(0.0)) - max(r_in, np.float32(0.0))
-                        if abs(delta) < LINEAR_EPSILON:
-                            continue
-                        delta_in = x_in - r_in
-                        if abs(delta_in) < NONLINEAR_EPSILON:
-                            relu = np.float32(1.0) if r_in > 0 else np.float32(0.0)
-                        else:
-                            relu = np.float32(delta / delta_in)
                         for c in range(classes):
                             value[c] = grad[r, c, qi, qj, f] * scale / delta * relu
                         for a in range(max(0, pad_top - i), min(kh, rows + pad_top - i)):
