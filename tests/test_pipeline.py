@@ -35,8 +35,11 @@ def test_repro_builds_every_output_and_reports_metrics(built_project):
     files = metrics[""]["data"]
     assert set(files) == {
         "metrics/train/metrics.json", "metrics/evaluate.json", "metrics/explain.json", "metrics/trust.json",
-        "metrics/mistakes.json",
+        "metrics/mistakes.json", "metrics/timing.json",
     }
+    assert files["metrics/timing.json"]["data"]["explain_seconds"] > 0
+    # The time is a metric, not an output: no stage declares it, so its bytes are free to change.
+    assert all("metrics/timing.json" not in declared_outs(stage) for stage in pipeline_stages(built_project).values())
     assert "accuracy" in files["metrics/evaluate.json"]["data"]
     assert files["metrics/explain.json"]["data"]["additivity_error"] < 1e-5
     assert files["metrics/trust.json"]["data"]["images"] == 10
