@@ -25,12 +25,13 @@ class Explainer:
     shap.DeepExplainer's, value for value; "shapley": the exact Shapley values of the softmax over the
     logits); "logit" explains the logits, the scores before the softmax.
     chunk_size: background images per step; memory grows with it, not with the background.
-    fuse: run a first Conv2D -> ReLU -> MaxPooling2D block on the input compiled, where the model
-    starts with one (False: the generic rules, as the tests compare them).
+    fuse: run the conv blocks and the model's top in deepshap.kernels' compiled loops, where the
+    model has them (False: the generic rules, as the tests compare them).
 
     Deterministic: the same model, images, background and chunk size give the same bytes whatever
-    the thread count, BLAS kernel or CPU vector width (float64 sums in a fixed order, no fastmath),
-    and an image's values do not depend on the other images explained with it.
+    the thread count, BLAS kernel or CPU vector width (sums in a fixed order, each rounded as
+    written: fma, no fastmath; float64 wherever a BLAS product's order could differ), and an
+    image's values do not depend on the other images explained with it.
     """
 
     def __init__(self, model: keras.Model, output: str = "probability", softmax_rule: str = "shap",
@@ -87,21 +88,21 @@ class Explainer:
         network = self.network
         grad_logits = select(self.head(x["logits"], r["logits"]), classes)  # (images, refs, classes, logits)
         group = min(len(grad_logits), IMAGES_PER_PASS)
-        pooled_grad = None
+        if network.fused is not None:
+            shape = (group,) + grad_logits.shape[1:3] + (network.fused["output_size"],)
+            if buffer.get("array") is None or buffer["array"].size < np.prod(shape):
+                buffer["array"] = np.empty(int(np.prod(shape)))
+            pooled_grad = buffer["array"][: np.prod(shape)].reshape(shape)
         for image, grad in enumerate(grad_logits):
             # One image at a time, so that its values do not depend on the others explained with it
             # (any shard of images gives the same bytes); (refs, classes, *shape) float64 throughout.
-            grad = network.backward(grad, {index: values[image] for index, values in x.items()}, r)
+            image_values = {index: values[image] for index, values in x.items()}
             if network.fused is None:
+                grad = network.backward(grad, image_values, r)
                 difference = (images[image] - references).astype(np.float64)  # (refs, *image shape)
                 totals[image] += np.einsum("rc...,r...->...c", grad, difference)
                 continue
-            if pooled_grad is None:
-                shape = (group,) + grad_logits.shape[1:3] + (grad[0, 0].size,)
-                if buffer.get("array") is None or buffer["array"].size < np.prod(shape):
-                    buffer["array"] = np.empty(int(np.prod(shape)))
-                pooled_grad = buffer["array"][: np.prod(shape)].reshape(shape)
-            pooled_grad[image % group] = grad.reshape(pooled_grad.shape[1:])
+            network.backward(grad, image_values, r, out=pooled_grad[image % group])
             if image % group == group - 1 or image == len(grad_logits) - 1:
                 done = slice(image - image % group, image + 1)
                 fused = network.fused

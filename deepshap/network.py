@@ -14,7 +14,8 @@ classes, *output shape) float64, to multipliers at its input, for one explained 
 The model's last Dense is the head: its logits are explained through a rule of deepshap.head. Each
 block Conv2D (stride 1) -> [BatchNormalization] -> ReLU -> MaxPooling2D (valid) runs compiled, as one
 loop of deepshap.kernels; the one on the input (the lab's first block, valid padding) is fused with
-the input's (image - reference) and the sum over references.
+the input's (image - reference) and the sum over references. So does the model's top, Dense -> ReLU
+-> the head, whose product is most of the lab's time (deepshap.kernels.dense_top_backward).
 """
 
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ import tensorflow as tf
 from keras import layers
 
 from deepshap.head import LINEAR_EPSILON, NONLINEAR_EPSILON, where_close
-from deepshap.kernels import block_backward
+from deepshap.kernels import block_backward, dense_top_backward
 
 
 class UnsupportedModelError(ValueError):
@@ -249,41 +250,62 @@ class Network:
         self.num_classes = self.steps[-1].layer.units
         # Conv blocks run compiled (deepshap.kernels): the one at the input, if any, is fused with the
         # input's (image - reference) and the sum over references; the others map multipliers.
-        blocks = [conv_block(self.steps, start) for start in range(len(self.steps))] if fuse else []
-        self.fused = blocks[0] if blocks and blocks[0] and blocks[0]["padding"] == (0, 0) else None
-        self.first_generic = self.fused["end"] + 1 if self.fused else 0
+        self.fused = None
         self.blocks = {}  # {index of the block's last step: block}, inside the model
-        index = self.first_generic
-        while index < len(self.steps):
-            if blocks and blocks[index]:
-                self.blocks[blocks[index]["end"]] = blocks[index]
-                index = blocks[index]["end"]
-            index += 1
+        index = 0
+        while fuse and index < len(self.steps):
+            block = conv_block(self.steps, index)
+            if block is None:
+                index += 1
+            elif index == 0 and block["padding"] == (0, 0):
+                self.fused, index = block, block["end"] + 1
+            else:
+                self.blocks[block["end"]], index = block, block["end"] + 1
+        self.first_generic = self.fused["end"] + 1 if self.fused else 0
+        # The model's top, Dense -> ReLU -> the head's Dense, runs compiled too (deepshap.kernels).
+        self.top = top(self.steps) if fuse and len(self.steps) - 3 >= self.first_generic else None
         inside = {i for block in self.blocks.values() for i in range(block["start"], block["end"] + 1)}
         # Steps whose inputs a backward rule reads, and the ReLU inputs of the compiled blocks.
         self.kept = {i for i, step in enumerate(self.steps) if step.needs_values and i >= self.first_generic
                      and i not in inside}
         self.kept |= {block["relu"] for block in [self.fused, *self.blocks.values()] if block}
 
-    def backward(self, grad: np.ndarray, image: dict, references: dict) -> np.ndarray:
+    def backward(self, grad: np.ndarray, image: dict, references: dict, out: np.ndarray | None = None) -> np.ndarray:
         """Return the multipliers at the first generic step's input, (refs, classes, *its input shape) float64.
 
         grad (refs, classes, logits): the head's multipliers for one image; image and references: the
-        forward values of that image (indexed for it) and of the references.
+        forward values of that image (indexed for it) and of the references. out: None, or an array
+        (refs, classes, size of the input) to return them in (the top writes there directly when
+        only reshapes follow it, saving a copy of the largest array).
         """
         index = len(self.steps) - 1
+        if self.top:
+            relu = self.top["relu"]
+            rule = relu_multipliers(image[relu][np.newaxis], references[relu])
+            grad = dense_top_backward(grad, image[relu] > 0, rule, self.top["hidden"], self.top["head"],
+                                      out if self.only_reshapes_below(relu - 1) else None)
+            index = relu - 2
         while index >= self.first_generic:
             block = self.blocks.get(index)
             if block:
                 relu = block["relu"]
                 grad = block_backward(grad, image[relu], references[relu], block["kernel"], block["padding"],
-                                      block["pool_size"], block["input_shape"])
+                                      block["pool_size"], block["input_shape"],
+                                      out if self.only_reshapes_below(block["start"]) else None)
                 index = block["start"] - 1
                 continue
             step = self.steps[index]
             grad = step.backward(grad, image[index] if step.needs_values else None, references.get(index))
             index -= 1
-        return grad
+        if out is None:
+            return grad
+        if not np.shares_memory(grad, out):
+            out[...] = grad.reshape(out.shape)
+        return out
+
+    def only_reshapes_below(self, index: int) -> bool:
+        """Return whether the generic steps below steps[index] are all reshapes: its result is the backward's."""
+        return all(isinstance(step, Reshape) for step in self.steps[self.first_generic : index])
 
     def forward(self, images: np.ndarray) -> dict:
         """Return {step index: its input values} for the steps that need them, and "logits": float32.
@@ -375,5 +397,17 @@ def conv_block(steps: list[Step], start: int) -> dict | None:
         return None
     # TensorFlow's 'same' padding puts the odd pixel at the bottom and right.
     padding = (0, 0) if conv.layer.padding == "valid" else ((kernel.shape[0] - 1) // 2, (kernel.shape[1] - 1) // 2)
+    pool = steps[index + 1]
     return {"start": start, "end": index + 1, "relu": index, "kernel": np.ascontiguousarray(np.moveaxis(kernel, -1, 0)),
-            "padding": padding, "pool_size": tuple(steps[index + 1].layer.pool_size), "input_shape": conv.input_shape}
+            "padding": padding, "pool_size": tuple(pool.layer.pool_size), "input_shape": conv.input_shape,
+            "output_size": int(np.prod(pool.output_size())) * kernel.shape[-1]}
+
+
+def top(steps: list[Step]) -> dict | None:
+    """Return the model's top if it is Dense -> ReLU -> the head's Dense, or None: {"relu" (index), "hidden"
+    (units, inputs) float32, "head" (logits, units) float64}, the kernels transposed."""
+    hidden, relu, head = steps[-3:] if len(steps) >= 3 else (None, None, None)
+    if not (isinstance(hidden, Dense) and isinstance(relu, Relu) and isinstance(head, Dense)):
+        return None
+    return {"relu": len(steps) - 2, "hidden": np.ascontiguousarray(hidden.kernel_t, dtype=np.float32),
+            "head": head.kernel_t}

@@ -120,6 +120,7 @@ def test_compiled_blocks_equal_the_generic_rules(name, blocks, rule):
     # The input block is fused where its conv pads nothing; the blocks inside run as loops of their own.
     assert (fused.network.fused is not None) == (name != "same padding and batch norm blocks")
     assert len(fused.network.blocks) == blocks
+    assert fused.network.top is not None  # Dense -> ReLU -> the head, compiled too
     generic = Explainer(model, softmax_rule=rule, chunk_size=8, fuse=False)
     expected = generic.shap_values(images, background)
     np.testing.assert_allclose(fused.shap_values(images, background), expected, rtol=0,
