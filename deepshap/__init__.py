@@ -20,6 +20,10 @@ import os
 # NumPy loads OpenBLAS, so it only helps when this package is imported before NumPy.
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
+from deepshap.cache import use_shared_cache  # noqa: E402
+
+use_shared_cache()  # before the compiled loops are defined
+
 from deepshap.explainer import OUTPUTS, SOFTMAX_RULES, Explainer, UnsupportedModelError  # noqa: E402
 from deepshap.reference import shap_reference  # noqa: E402
 

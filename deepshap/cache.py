@@ -1,0 +1,31 @@
+"""Where numba keeps the engine's compiled loops: one folder per user, shared by every copy of the code.
+
+numba (0.68) checks a cached loop against a hash of its source file's content, but by default keeps
+it beside the source (`deepshap/__pycache__`), or under NUMBA_CACHE_DIR in a folder named after the
+source's full path. A fresh clone, or each `dvc exp run` workspace (a new temporary folder), then
+compiled every loop again. Named after the package instead, the cache serves any folder that holds
+the same code; a changed source only recompiles, as before.
+"""
+
+import os
+
+from numba.core import config
+from numba.core.caching import UserWideCacheLocator
+
+
+class SharedCacheLocator(UserWideCacheLocator):
+    """numba's user-wide cache (NUMBA_CACHE_DIR if set, else ~/.cache/numba), in the folder `deepshap`."""
+
+    def __init__(self, py_func, py_file):
+        super().__init__(py_func, py_file)
+        self._cache_path = os.path.join(config.CACHE_DIR or os.path.dirname(self._cache_path), "deepshap")
+
+
+def use_shared_cache() -> None:
+    """Make numba find the loops compiled with cache=True after this call through SharedCacheLocator,
+    unless NUMBA_CACHE_LOCATOR_CLASSES names other locators.
+
+    Set in the environment too: numba reloads its config from there before it compiles.
+    """
+    config.CACHE_LOCATOR_CLASSES = os.environ.setdefault("NUMBA_CACHE_LOCATOR_CLASSES",
+                                                         f"{__name__}.{SharedCacheLocator.__name__}")
