@@ -6,12 +6,13 @@ its kernel). These are the backward pass's largest tensors (26 x 26 x 32 per pai
 model), so each block runs as one loop rather than layer by layer:
 - `pool_conv_backward`, the block at the model's input: it also multiplies by (image - reference)
   and sums over the references, pairing each reference with every image while the reference is in
-  cache.
+  cache. Each routed multiplier goes straight into its input window, its classes padded to whole
+  vectors.
 - `block_backward`, a block inside the model: the multipliers at the block's input, a reference per
-  thread.
-Both transpose the conv one conv output position at a time: the multipliers of the filters routed
-there, (classes, filters), times the kernel's rows, (filters, kernel rows x columns x channels), a
-small product summed eight rows a pass like the top's, then added into the input's window.
+  thread. It transposes the conv one conv output position at a time: the multipliers of the
+  filters routed there, (classes, filters), times the kernel's rows, (filters, kernel rows x
+  columns x channels), a small product summed eight rows a pass like the top's, then added into
+  the input's window.
 - `dense_top_backward`, the model's top, Dense -> ReLU -> the head's Dense: see there.
 
 Deterministic on any CPU: sums in a fixed order, each product and sum rounded as written (fma is one
