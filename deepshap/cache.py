@@ -23,9 +23,10 @@ class SharedCacheLocator(UserWideCacheLocator):
 
 def use_shared_cache() -> None:
     """Make numba find the loops compiled with cache=True after this call through SharedCacheLocator,
-    unless NUMBA_CACHE_LOCATOR_CLASSES names other locators.
+    unless NUMBA_CACHE_LOCATOR_CLASSES names other locators. Where that folder cannot be written,
+    numba's default (beside the source) follows.
 
     Set in the environment too: numba reloads its config from there before it compiles.
     """
-    config.CACHE_LOCATOR_CLASSES = os.environ.setdefault("NUMBA_CACHE_LOCATOR_CLASSES",
-                                                         f"{__name__}.{SharedCacheLocator.__name__}")
+    config.CACHE_LOCATOR_CLASSES = os.environ.setdefault(
+        "NUMBA_CACHE_LOCATOR_CLASSES", f"{__name__}.{SharedCacheLocator.__name__},InTreeCacheLocator")
