@@ -37,6 +37,9 @@ def main(argv: list[str] | None = None) -> None:
     x_test, y_test = load_split(test_dir)
     print(f"train: x_train {x_train.shape}, x_test {x_test.shape}, {params['epochs']} epochs")
 
+    # The weights file records layer names, which count up over the models a process builds (dense,
+    # dense_1, ...): from a fresh Keras session they are a new process's, whatever ran before.
+    keras.backend.clear_session()
     set_seed(params["seed"])
     model = compile_model(architecture, params["learning_rate"])
     with atomic_path(live_dir) as live_temporary, atomic_path(model_path) as model_temporary:

@@ -2,6 +2,7 @@
 
 import json
 
+import keras
 import numpy as np
 import pytest
 import yaml
@@ -44,6 +45,14 @@ def train_params(prepared, tmp_path, monkeypatch) -> dict:
 
 def train_on_prepared(prepared, model: str, live_dir: str) -> None:
     main([str(prepared / "data/train"), str(prepared / "data/test"), model, live_dir])
+
+
+def test_the_weights_file_has_the_same_bytes_whatever_the_process_built_before(prepared, tmp_path, train_params):
+    """Keras numbers layer names per process (dense, dense_1, ...) and the file records them."""
+    keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])  # a model built before training
+    write_params(tmp_path, train_params)
+    train_on_prepared(prepared, "model.weights.h5", "live")
+    assert (tmp_path / "model.weights.h5").read_bytes() == (prepared / "models/model.weights.h5").read_bytes()
 
 
 def test_two_epochs_log_two_rows_and_nonpositive_epochs_fail(prepared, tmp_path, train_params):
