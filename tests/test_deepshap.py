@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from keras import layers
 
-from deepshap import Explainer, UnsupportedModelError, shap_reference
+from deepshap import Explainer, UnsupportedModelError, kernels, shap_reference
 from deepshap.head import shapley_softmax
 
 
@@ -125,6 +125,17 @@ def test_compiled_blocks_equal_the_generic_rules(name, blocks, rule):
     expected = generic.shap_values(images, background)
     np.testing.assert_allclose(fused.shap_values(images, background), expected, rtol=0,
                                atol=1e-6 * np.abs(expected).max())
+
+
+def test_read_only_inputs_give_the_same_bytes_without_compiling_again():
+    """Ray's object store hands out read-only arrays, and numba compiles a loop per argument type."""
+    explainer = Explainer(stack("lab", seed=11), chunk_size=8)
+    background, images = random_images(10, (14, 14, 1), 12), random_images(2, (14, 14, 1), 13)
+    writable = explainer.shap_values(images, background)
+    compiled = {key: len(loop.signatures) for key, loop in kernels._POOL_CONV.items()}
+    background.flags.writeable = images.flags.writeable = False
+    assert explainer.shap_values(images, background).tobytes() == writable.tobytes()
+    assert {key: len(loop.signatures) for key, loop in kernels._POOL_CONV.items()} == compiled
 
 
 def test_values_of_an_image_do_not_depend_on_the_images_beside_it_nor_on_threads_of_classes():
