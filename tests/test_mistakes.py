@@ -6,6 +6,7 @@ one is a mistake (its label is its prediction plus 1 or 2), giving pairs of diff
 
 import json
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -24,7 +25,6 @@ from conftest import ROOT, assert_one_line_error, run_stage, write_params
 from stages.common import PipelineError
 from stages.mistakes import (
     explain_in_process,
-    explain_on_ray,
     find_mistakes,
     main,
     mistake_metrics,
@@ -217,13 +217,6 @@ def test_unreachable_cluster_is_one_line_from_the_command_line(mistaken, tmp_pat
 
 # --- On Ray ---
 
-@pytest.mark.slow
-def test_local_ray_with_two_workers_gives_the_bytes_of_one_process(mistaken, reference):
-    model, background, images, classes = inputs(mistaken)
-    values = explain_on_ray("", 2, model, background, images, classes, SETTINGS, shard_size=3)
-    np.testing.assert_array_equal(values, reference)
-
-
 def start_ray(command: list[str], log) -> subprocess.Popen:
     """Start `ray start --block ...` (it stays in the foreground, so the test knows the processes it owns)."""
     return subprocess.Popen(["ray", "start", "--block", "--node-ip-address=127.0.0.1", "--num-cpus=1",
@@ -313,7 +306,9 @@ def explaining_worker(stage: subprocess.Popen) -> psutil.Process | None:
 
 
 @pytest.mark.slow
-def test_worker_killed_in_the_middle_of_a_shard_is_retried_and_the_bytes_are_the_same(prepared, mistaken, tmp_path):
+def test_local_ray_retries_a_worker_killed_in_a_shard_and_gives_the_bytes_of_one_process(prepared, mistaken, tmp_path):
+    """The stage's own local Ray, one worker per core: a worker killed while it explains a shard is
+    replaced, the shard runs again, and the values are those of one process, byte for byte."""
     # A background of 200 training images, so that each shard takes long enough to be caught.
     directory = copy_with(mistaken, tmp_path / "stage", background_size=200)
     np.save(directory / "data/background.npy", np.load(prepared / "data/train/x.npy")[:200])
@@ -328,9 +323,10 @@ def test_worker_killed_in_the_middle_of_a_shard_is_retried_and_the_bytes_are_the
             worker.kill()
             killed = worker.pid
         time.sleep(0.05)
-    _, stderr = stage.communicate(timeout=300)
+    stdout, stderr = stage.communicate(timeout=300)
     assert killed is not None, "no worker was seen explaining a shard"
     assert stage.returncode == 0, stderr
+    assert int(re.search(r"on (\d+) Ray workers", stdout).group(1)) >= 2  # shards ran side by side
     np.testing.assert_array_equal(np.load(directory / "out/mistakes/shap_values.npy"), expected)
 
 
