@@ -316,7 +316,9 @@ def dense_top_backward(grad: np.ndarray, on: np.ndarray, rule: np.ndarray, hidde
     are float32 throughout); float64 out.
     """
     differs = rule - on  # (refs, units): exactly zero where the rule is 1 and the unit on, or 0 and off
-    image_rows = (head[:, on] @ hidden[on].astype(np.float64)).astype(np.float32)  # (logits, inputs)
+    # (logits, inputs), the image's alone: made again for each chunk of references, as keeping one per
+    # image across chunks would hold 216 KB an image (the lab's), 2 GB for 10,000 images at once.
+    image_rows = (head[:, on] @ hidden[on].astype(np.float64)).astype(np.float32)
     unit_coefficients = ((grad @ head) * differs[:, np.newaxis]).astype(np.float32)  # (refs, classes, units)
     if out is None:
         out = np.empty(grad.shape[:2] + (hidden.shape[1],))
@@ -376,7 +378,7 @@ def _dense_top(grad, image_rows, unit_coefficients, hidden, differs, out):
     References are independent: any thread count gives the same bytes.
     """
     refs, classes, logits = grad.shape
-    units, inputs = hidden.shape
+    inputs = hidden.shape[1]
     all_logits = np.arange(logits)
     for r in numba.prange(refs):
         used = np.flatnonzero(differs[r])

@@ -404,9 +404,10 @@ def conv_block(steps: list[Step], start: int) -> dict | None:
 
 
 def top(steps: list[Step]) -> dict | None:
-    """Return the model's top if it is Dense -> ReLU -> the head's Dense, or None: {"relu" (index), "hidden"
-    (units, inputs) float32, "head" (logits, units) float64}, the kernels transposed."""
-    hidden, relu, head = steps[-3:] if len(steps) >= 3 else (None, None, None)
+    """Return the model's top if its last three steps (it has three or more) are Dense -> ReLU -> the
+    head's Dense, or None: {"relu" (index), "hidden" (units, inputs) float32, "head" (logits, units)
+    float64}, the kernels transposed."""
+    hidden, relu, head = steps[-3:]
     if not (isinstance(hidden, Dense) and isinstance(relu, Relu) and isinstance(head, Dense)):
         return None
     return {"relu": len(steps) - 2, "hidden": np.ascontiguousarray(hidden.kernel_t, dtype=np.float32),
