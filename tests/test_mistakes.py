@@ -332,12 +332,6 @@ def test_local_ray_retries_a_worker_killed_in_a_shard_and_gives_the_bytes_of_one
 
 # --- In the pipeline ---
 
-def set_param(project: Path, section: str, key: str, value) -> None:
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    params[section][key] = value
-    write_params(project, params)
-
-
 def test_only_the_mistakes_stage_declares_mistakes_params():
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     declaring = {name for name, stage in stages.items()
