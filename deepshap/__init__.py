@@ -11,20 +11,33 @@ it takes a Keras model and arrays, and returns arrays.
   classes at once and streamed over the background; or, with `softmax_rule="shapley"`, the exact
   Shapley values of the softmax over the logits as the head's rule.
 - `shap_reference`: shap.DeepExplainer itself, the reference the engine is tested against.
+
+The names above load on first use (PEP 562), so that a module of the package that needs no
+TensorFlow can be imported where TensorFlow is not installed.
 """
 
+import importlib
 import os
 
-# OpenBLAS's threads spin for a while after each matrix product, keeping the cores from the engine's
-# compiled loop and TensorFlow in between (measured: that loop ran 2.4x slower). Read once, when
-# NumPy loads OpenBLAS, so it only helps when this package is imported before NumPy.
+# The package's import-time settings, here alone. OpenBLAS's threads spin for a while after each
+# matrix product, keeping the cores from the engine's compiled loop and TensorFlow in between
+# (measured: that loop ran 2.4x slower); read once, when NumPy loads OpenBLAS, so it only helps
+# when this package is imported before NumPy.
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
 from deepshap.cache import use_shared_cache  # noqa: E402
 
 use_shared_cache()  # before the compiled loops are defined
 
-from deepshap.explainer import OUTPUTS, SOFTMAX_RULES, Explainer, UnsupportedModelError  # noqa: E402
-from deepshap.reference import shap_reference  # noqa: E402
+# Public name -> the module that defines it.
+_EXPORTS = {
+    "OUTPUTS": "deepshap.explainer", "SOFTMAX_RULES": "deepshap.explainer", "Explainer": "deepshap.explainer",
+    "UnsupportedModelError": "deepshap.explainer", "shap_reference": "deepshap.reference",
+}
+__all__ = list(_EXPORTS)
 
-__all__ = ["OUTPUTS", "SOFTMAX_RULES", "Explainer", "UnsupportedModelError", "shap_reference"]
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'deepshap' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)
