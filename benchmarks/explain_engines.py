@@ -29,9 +29,9 @@ from pathlib import Path
 import numpy as np
 
 from deepshap import Explainer, shap_reference
-from stages.common import first_of_each_class, load_split
-from stages.model import build_model, load_model, save_weights
-from stages.readings import additivity_error
+from fashion_shap.data import first_of_each_class, load_split
+from fashion_shap.model import build_model, load_model, save_weights
+from fashion_shap.readings import additivity_error
 
 CHUNK_SIZE = 100  # params.yaml's explain.chunk_size
 FAST_REPEATS = 3  # runs of each fast case short of the whole training set, the fastest kept: they vary ~10 %

@@ -24,9 +24,10 @@ import numpy as np
 import ray
 from ray.util.actor_pool import ActorPool
 
-from stages.common import load_split
-from stages.mistakes import RayWorker, connect, find_mistakes, shard_bounds
-from stages.model import load_model
+from fashion_shap.data import load_split
+from fashion_shap.mistakes.concentration import find_mistakes
+from fashion_shap.mistakes.shards import RayWorker, connect, shard_bounds
+from fashion_shap.model import load_model
 
 WORKERS = (1, 2)
 PREDICTED_CORES = (16, 64)

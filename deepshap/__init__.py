@@ -17,17 +17,14 @@ TensorFlow can be imported where TensorFlow is not installed.
 """
 
 import importlib
-import os
 
-# The package's import-time settings, here alone. OpenBLAS's threads spin for a while after each
-# matrix product, keeping the cores from the engine's compiled loop and TensorFlow in between
-# (measured: that loop ran 2.4x slower); read once, when NumPy loads OpenBLAS, so it only helps
-# when this package is imported before NumPy.
-os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+# The package's one import-time setting: where numba keeps the compiled loops, set before they are
+# defined. (A program that runs the engine should also set OPENBLAS_THREAD_TIMEOUT=4 before NumPy
+# loads: OpenBLAS's threads otherwise spin after each product and slow the compiled loop 2.4x,
+# measured; the pipeline sets it in fashion_shap/__init__.py.)
+from deepshap.cache import use_shared_cache
 
-from deepshap.cache import use_shared_cache  # noqa: E402
-
-use_shared_cache()  # before the compiled loops are defined
+use_shared_cache()
 
 # Public name -> the module that defines it.
 _EXPORTS = {

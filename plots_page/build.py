@@ -18,7 +18,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from stages.common import PipelineError, atomic_path, run
+from fashion_shap.files import atomic_path
+from fashion_shap.params import PipelineError, run
 
 HERE = Path(__file__).resolve().parent
 TEMPLATE = HERE / "template.html"

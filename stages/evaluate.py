@@ -5,13 +5,12 @@ Writes: metrics JSON (accuracy, loss, accuracy per class) and a CSV of (actual, 
 class names per test image, which `dvc plots` draws as a confusion matrix.
 """
 
-import csv
-from pathlib import Path
-
 import numpy as np
 
-from stages.common import CLASS_NAMES, NUM_CLASSES, atomic_path, load_split, parse_paths, run, save_json
-from stages.model import load_model
+from fashion_shap.data import CLASS_NAMES, NUM_CLASSES, load_split
+from fashion_shap.files import save_csv, save_json
+from fashion_shap.model import load_model
+from fashion_shap.params import parse_paths, run
 
 EPSILON = 1e-7  # Keras' own clip, so a probability of 0 gives a finite loss
 
@@ -32,13 +31,6 @@ def test_metrics(probabilities: np.ndarray, labels: np.ndarray) -> dict:
     }
 
 
-def write_confusion(path: Path, labels: np.ndarray, predicted: np.ndarray) -> None:
-    with atomic_path(path) as temporary, open(temporary, "w", newline="") as file:
-        writer = csv.writer(file)
-        writer.writerow(["actual", "predicted"])
-        writer.writerows((CLASS_NAMES[a], CLASS_NAMES[p]) for a, p in zip(labels, predicted))
-
-
 def main(argv: list[str] | None = None) -> None:
     model_path, test_dir, metrics_path, confusion_path = parse_paths(
         "evaluate", __doc__, ["model", "test_dir", "metrics", "confusion"], argv
@@ -50,7 +42,8 @@ def main(argv: list[str] | None = None) -> None:
 
     metrics = test_metrics(probabilities, y_test)
     save_json(metrics_path, metrics)
-    write_confusion(confusion_path, y_test, probabilities.argmax(axis=1))
+    predicted = probabilities.argmax(axis=1)
+    save_csv(confusion_path, [{"actual": CLASS_NAMES[a], "predicted": CLASS_NAMES[p]} for a, p in zip(y_test, predicted)])
     print(f"evaluate: test accuracy {metrics['accuracy']:.4f}, loss {metrics['loss']:.4f}")
 
 

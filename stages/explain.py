@@ -19,15 +19,13 @@ import time
 import numpy as np
 from tqdm import tqdm
 
-from deepshap import shap_reference
-from deepshap.reference import logit_model
-from stages.common import (
-    first_of_each_class, is_terminal, load_split, parse_paths, read_params,
-    require_positive, run, save_json, save_npy,
-)
-from stages.engines import check_engine_params, fast_explainer
-from stages.model import load_model
-from stages.readings import lab_reading
+from fashion_shap.data import first_of_each_class, load_split
+from fashion_shap.engines import check_engine_params, make_explainer
+from fashion_shap.files import save_arrays, save_json
+from fashion_shap.model import load_model
+from fashion_shap.params import is_terminal, parse_paths, read_params, require_positive, run
+from fashion_shap.readings import lab_reading
+
 
 def check_params(params: dict) -> None:
     """Fail with one line naming the param unless the explain section's values fit together."""
@@ -37,16 +35,8 @@ def check_params(params: dict) -> None:
 
 def explain(model, background: np.ndarray, images: np.ndarray, params: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Return (SHAP values in shap's layout, outputs of images, mean output over the background)."""
-    with tqdm(desc="explain", disable=not is_terminal()) as bar:
-        if params["engine"] == "shap":
-            bar.reset(total=len(images))
-            values = shap_reference(model, background, images, params["output"], progress=bar.update)
-            keras_model = logit_model(model) if params["output"] == "logit" else model
-            outputs = keras_model.predict(images, verbose=0)
-            expected = keras_model.predict(np.asarray(background), verbose=0).astype(np.float64).mean(axis=0)
-            return values, outputs, expected
-        explainer = fast_explainer(model, params["output"], params["softmax_rule"], params["chunk_size"])
-        bar.reset(total=len(background))
+    explainer = make_explainer(model, params["engine"], params["output"], params["softmax_rule"], params["chunk_size"])
+    with tqdm(desc="explain", total=len(background), disable=not is_terminal()) as bar:
         values = explainer.shap_values(images, background, progress=bar.update)
     return values, explainer.predict(images), explainer.expected_value(background)
 
@@ -72,8 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     seconds = time.perf_counter() - start
     metrics = lab_reading(values, probabilities, expected, labels)
 
-    for name, array in (("images", images), ("labels", labels), ("probabilities", probabilities), ("shap_values", values)):
-        save_npy(output_dir / f"{name}.npy", array)
+    save_arrays(output_dir, {"images": images, "labels": labels, "probabilities": probabilities, "shap_values": values})
     save_json(metrics_path, metrics)
     save_json(timing_path, {"explain_seconds": round(seconds, 2)})
     print(f"explain: {seconds:.1f} s; additivity error {metrics['additivity_error']:.2e}, "

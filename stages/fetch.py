@@ -7,14 +7,14 @@ and downloaded from params' url only when no directory has them.
 Writes: the four .gz files, byte for byte as found, into the output directory.
 """
 
-import gzip
 import shutil
 import urllib.error
 import urllib.request
-import zlib
 from pathlib import Path
 
-from stages.common import PipelineError, atomic_path, parse_paths, read_params, run, sha256
+from fashion_shap.data import read_gzip, sha256
+from fashion_shap.files import atomic_path
+from fashion_shap.params import PipelineError, parse_paths, read_params, run
 
 DOWNLOAD_TIMEOUT = 60  # seconds without an answer before a download is given up
 OFFLINE_HINT = (
@@ -40,22 +40,10 @@ def download(url: str, destination: Path) -> None:
         raise PipelineError(f"no local copy, and downloading {url} failed ({error}); {OFFLINE_HINT}") from None
 
 
-def decompress(path: Path, origin: str) -> bytes:
-    """Return the decompressed content of path, a copy of origin (a search-dir file or a URL)."""
-    try:
-        with gzip.open(path, "rb") as file:
-            return file.read()
-    # zlib.error: a deflate stream damaged in the middle, which gzip does not wrap in an OSError.
-    except (OSError, EOFError, zlib.error) as error:
-        # Name origin, not path: path is the temporary copy, gone once the stage has failed.
-        raise PipelineError(
-            f"{origin} is not a readable gzip file ({error}); replace it with the original file ({OFFLINE_HINT})"
-        ) from None
-
-
 def verify(path: Path, origin: str, expected: str) -> None:
     """Fail unless the decompressed content of path, a copy of origin, has the expected SHA-256."""
-    actual = sha256(decompress(path, origin))
+    # Name origin, not path: path is the temporary copy, gone once the stage has failed.
+    actual = sha256(read_gzip(path, origin, f"replace it with the original file ({OFFLINE_HINT})"))
     if actual != expected:
         raise PipelineError(
             f"{origin} has the wrong content: SHA-256 {actual}, expected {expected}; "

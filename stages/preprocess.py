@@ -9,7 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from stages.common import NUM_CLASSES, PipelineError, parse_paths, read_idx, run, save_npy
+from fashion_shap.data import NUM_CLASSES, read_idx
+from fashion_shap.files import save_npy
+from fashion_shap.params import PipelineError, parse_paths, run
 
 PIXEL_MAX = 255.0  # IDX pixels are unsigned bytes
 

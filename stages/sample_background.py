@@ -4,10 +4,11 @@ Reads: the train directory written by preprocess.
 Writes: the background images, (size, 28, 28, 1) float32, as .npy.
 """
 
-
 import numpy as np
 
-from stages.common import PipelineError, load_split, parse_paths, read_params, require_positive, run, save_npy
+from fashion_shap.data import load_split
+from fashion_shap.files import save_npy
+from fashion_shap.params import PipelineError, parse_paths, read_params, require_positive, run
 
 
 def sample_background(images: np.ndarray, size: int, seed: int) -> np.ndarray:

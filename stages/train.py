@@ -5,13 +5,14 @@ Writes: the model's weights (.weights.h5, whose bytes depend only on the weights
 .keras file that embeds its save date) and a DVCLive directory with per-epoch metrics.
 """
 
-
 import keras
 from dvclive import Live
 from dvclive.keras import DVCLiveCallback
 
-from stages.common import atomic_path, is_terminal, load_split, parse_paths, read_params, require_positive, run
-from stages.model import build_model, read_architecture, save_weights, set_seed
+from fashion_shap.data import load_split
+from fashion_shap.files import atomic_path
+from fashion_shap.model import build_model, read_architecture, save_weights, set_seed
+from fashion_shap.params import is_terminal, parse_paths, read_params, require_positive, run
 
 
 def compile_model(architecture: dict, learning_rate: float) -> keras.Model:

@@ -8,20 +8,15 @@ The grid is drawn here rather than by shap.image_plot, whose separate figure lef
 drew row titles over the images, but with image_plot's colours, grey overlay and colour scale.
 """
 
-from pathlib import Path
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.image import AxesImage
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only, no screen
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.axes import Axes  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.image import AxesImage  # noqa: E402
-from shap.plots.colors import red_transparent_blue  # noqa: E402
-
-from stages.common import CLASS_NAMES, atomic_path, first_of_each_class, load_split, parse_paths, run  # noqa: E402
+from fashion_shap.data import CLASS_NAMES, first_of_each_class, load_split
+from fashion_shap.figures import draw_map, save_figure
+from fashion_shap.params import parse_paths, run
 
 # The layout, in inches at DPI dots per inch: square images GAP apart, room above for the class
 # names and below for the colour bar. Row labels go left of the first column; saving crops the
@@ -37,9 +32,7 @@ COLORBAR_SPACE = 0.7  # the bar, its tick labels and its label
 FONT_SIZE = 10  # points
 PAD = 0.03  # inches of white kept around the cropped figure
 
-# shap.image_plot's choices (shap/plots/_image.py), kept so the maps read as the lab's.
-OVERLAY_ALPHA = 0.15  # the grey image under each map
-OVERLAY_EXTENT = 1  # image_plot stretches the grey image to (-1, width, height, -1), one pixel wider
+# shap.image_plot's colour scale (shap/plots/_image.py), kept so the maps read as the lab's.
 SCALE_PERCENTILE = 99.9  # of |SHAP values| over the whole grid: the colour scale runs from -limit to +limit
 
 
@@ -87,14 +80,10 @@ def draw_explanations(axes: np.ndarray, values: np.ndarray, images: np.ndarray, 
     """
     limit = color_limit(values)
     for row_axes, image_values, image, row_label in zip(axes, values, images, row_labels):
-        gray = -image[..., 0]
-        row_axes[0].imshow(gray, cmap="gray")
+        row_axes[0].imshow(-image[..., 0], cmap="gray")
         label_row(row_axes[0], row_label)
         for axis, class_values in zip(row_axes[1:], np.moveaxis(image_values.sum(axis=-2), -1, 0)):
-            height, width = class_values.shape
-            axis.imshow(gray, cmap="gray", alpha=OVERLAY_ALPHA,
-                        extent=(-OVERLAY_EXTENT, width, height, -OVERLAY_EXTENT))
-            shap_map = axis.imshow(class_values, cmap=red_transparent_blue, vmin=-limit, vmax=limit)
+            shap_map = draw_map(axis, image, class_values, limit)
     return shap_map
 
 
@@ -132,13 +121,6 @@ def shap_figure(references: np.ndarray, values: np.ndarray, images: np.ndarray, 
     return figure
 
 
-def save_png(figure: Figure, path: Path) -> None:
-    """Save figure cropped to what is drawn, without metadata that could vary between runs, and close it."""
-    with atomic_path(path) as temporary:
-        figure.savefig(temporary, format="png", metadata={"Software": None}, bbox_inches="tight", pad_inches=PAD)
-    plt.close(figure)
-
-
 def main(argv: list[str] | None = None) -> None:
     train_dir, explanations_dir, reference_path, shap_path = parse_paths(
         "visualize", __doc__, ["train_dir", "explanations_dir", "reference_png", "shap_png"], argv
@@ -151,9 +133,9 @@ def main(argv: list[str] | None = None) -> None:
     }
 
     references = first_of_each_class(x_train, y_train)
-    save_png(reference_figure(references), reference_path)
-    save_png(shap_figure(references, explanations["shap_values"], explanations["images"], explanations["labels"],
-                         explanations["probabilities"]), shap_path)
+    save_figure(reference_figure(references), reference_path, crop_pad=PAD)
+    save_figure(shap_figure(references, explanations["shap_values"], explanations["images"], explanations["labels"],
+                            explanations["probabilities"]), shap_path, crop_pad=PAD)
     print(f"visualize: {reference_path}, {shap_path}")
 
 

@@ -216,7 +216,8 @@ def explained(prepared) -> Path:
 def init_project(directory: Path, raw_files: tuple[Path, dict[str, str]]) -> Path:
     """Make directory a git + DVC project holding this pipeline with tiny params, committed."""
     directory.mkdir(parents=True, exist_ok=True)
-    for package in tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]:
+    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    for package in sorted({name.split(".")[0] for name in packages}):  # subpackages travel with their parent
         shutil.copytree(ROOT / package, directory / package, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "dvc.yaml", directory / "dvc.yaml")
     write_params(directory, tiny_params(*raw_files))

@@ -4,7 +4,8 @@ import gzip
 
 import pytest
 
-from stages.common import PipelineError, read_gzip, run
+from fashion_shap.data import read_gzip
+from fashion_shap.params import PipelineError, run
 
 
 def test_corrupt_stream_behind_a_valid_gzip_header_is_a_pipeline_error(tmp_path):

@@ -15,13 +15,13 @@ import keras
 import numpy as np
 import pytest
 
-from stages.model import build_model, save_weights
+from fashion_shap.model import build_model, save_weights
 
 CASE = """
 import hashlib, json, sys
 import deepshap, numpy as np
 from threadpoolctl import threadpool_info
-from stages.model import load_model
+from fashion_shap.model import load_model
 model = load_model(sys.argv[1])
 background, images = np.load(sys.argv[2]), np.load(sys.argv[3])
 digests = {}

@@ -6,7 +6,7 @@ import json
 import numpy as np
 from conftest import TEST_SIZE
 
-from stages.common import CLASS_NAMES
+from fashion_shap.data import CLASS_NAMES
 from stages.evaluate import main
 from stages.evaluate import test_metrics as compute_metrics
 

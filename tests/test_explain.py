@@ -9,10 +9,11 @@ import pytest
 import yaml
 from conftest import assert_one_line_error, run_stage, write_params
 
-from stages.common import CLASS_NAMES, PipelineError
+from fashion_shap.data import CLASS_NAMES
+from fashion_shap.params import PipelineError
 from stages.explain import main
-from stages.model import load_model
-from stages.readings import additivity_error, lab_reading, largest_positive_mass
+from fashion_shap.model import load_model
+from fashion_shap.readings import additivity_error, lab_reading, largest_positive_mass
 
 
 def test_largest_positive_mass_ignores_negative_values():

@@ -9,7 +9,7 @@ import pytest
 import yaml
 from conftest import assert_one_line_error, run_stage, write_params
 
-from stages.common import PipelineError
+from fashion_shap.params import PipelineError
 from stages.fetch import main
 
 NAMES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]

@@ -22,17 +22,12 @@ import pytest
 import yaml
 from conftest import ROOT, assert_one_line_error, run_stage, write_params
 
-from stages.common import PipelineError
-from stages.mistakes import (
-    explain_in_process,
-    find_mistakes,
-    main,
-    mistake_metrics,
-    pairs_figure,
-    region_shares,
-    top_pairs,
-)
-from stages.model import load_model
+from fashion_shap.params import PipelineError
+from fashion_shap.mistakes.concentration import find_mistakes, mistake_metrics, region_shares, top_pairs
+from fashion_shap.mistakes.figure import pairs_figure
+from fashion_shap.mistakes.shards import explain_in_process
+from stages.mistakes import main
+from fashion_shap.model import load_model
 
 ARGS = ["models/model.weights.h5", "data/background.npy", "data/test", "out/mistakes", "out/mistakes.json",
         "out/mistakes.png"]

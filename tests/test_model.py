@@ -7,8 +7,8 @@ import yaml
 from conftest import ROOT
 
 from deepshap import Explainer
-from stages.common import PipelineError
-from stages.model import build_model, check_architecture, load_model, save_weights
+from fashion_shap.params import PipelineError
+from fashion_shap.model import build_model, check_architecture, load_model, save_weights
 
 
 def lab_architecture() -> dict:

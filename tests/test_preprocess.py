@@ -7,7 +7,8 @@ import pytest
 from conftest import TEST_SIZE, TRAIN_SIZE, assert_one_line_error, idx_bytes, run_stage, synthetic_split
 
 from stages import fetch
-from stages.common import PipelineError, parse_idx
+from fashion_shap.data import parse_idx
+from fashion_shap.params import PipelineError
 from stages.preprocess import main, scale
 
 

@@ -2,8 +2,8 @@
 
 import numpy as np
 
-from stages.common import NUM_CLASSES
-from stages.readings import (
+from fashion_shap.data import NUM_CLASSES
+from fashion_shap.readings import (
     COAT, PULLOVER, T_SHIRT, coat_claim, diagonal_claim, lab_claims, sleeve_pixels, sleeves_claim,
 )
 

@@ -5,7 +5,7 @@ import pytest
 import yaml
 from conftest import BACKGROUND_SIZE, TRAIN_SIZE, write_params
 
-from stages.common import PipelineError
+from fashion_shap.params import PipelineError
 from stages.sample_background import main, sample_background
 
 

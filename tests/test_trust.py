@@ -9,12 +9,15 @@ import yaml
 from conftest import assert_one_line_error, declared_outs, dvc, pipeline_stages, run_stage, set_param, write_params
 from keras import layers
 
-from stages.common import PipelineError
-from stages.trust import (
-    RULES, area, check_pool, claims_summary, class_maps, concentration, correlation, deletion_metrics, deletion_test,
-    diagnostics, disjoint_backgrounds, explain_all, fast_values, images_outside, most_moved, predicted_maps,
-    randomized_values, rank_correlation, reference_norms, relative_distance, rule_explainers, slope,
-)
+from fashion_shap.params import PipelineError
+from fashion_shap.trust.claims import claims_summary
+from fashion_shap.trust.convergence import correlation, disjoint_backgrounds, images_outside, relative_distance, slope
+from fashion_shap.trust.deletion import area, deletion_metrics, deletion_test
+from fashion_shap.trust.diagnostics import concentration, diagnostics, reference_norms
+from fashion_shap.trust.figures import most_moved
+from fashion_shap.trust.randomization import lab_rule_maps, randomized_values, rank_correlation
+from fashion_shap.trust.rules import RULES, explain_all, predicted_maps, rule_explainers, rule_maps
+from stages.trust import check_pool
 
 SIDE = 6
 PIXEL = (2, 3)  # the only pixel the one-pixel model looks at
@@ -62,7 +65,7 @@ def test_one_pixel_model_gets_all_attribution_there_and_passes_the_deletion_test
     model = one_pixel_model()
     images, background = speckled(4, 0, 1.0), speckled(12, 1, 0.0)
     predicted = np.zeros(len(images), dtype=int)  # class 0, the pixel being bright
-    maps = class_maps(rule_explainers(model, chunk_size=5), background, images, predicted)
+    maps = rule_maps(rule_explainers(model, chunk_size=5), background, images, predicted)
     elsewhere = np.ones((SIDE, SIDE), dtype=bool)
     elsewhere[PIXEL] = False
     for name in RULES:
@@ -74,7 +77,7 @@ def test_one_pixel_model_gets_all_attribution_there_and_passes_the_deletion_test
     # Each rule's order removes the pixel first: the probability falls to 0.5 at once; reverse order keeps it last.
     for name in RULES:
         rule = metrics[name]
-        assert rule["auc_shap_order"] < 0.52 < metrics["auc_random_order"] < rule["auc_reverse_order"]
+        assert rule["auc_rule_order"] < 0.52 < metrics["auc_random_order"] < rule["auc_reverse_order"]
         assert metrics[name]["faithful_share"] == 1.0
     assert area(curves["random_order"]).shape == (4,)
 
@@ -85,7 +88,7 @@ def test_predicted_maps_take_known_rows_and_explain_the_others(rows):
     explainers, classes = rule_explainers(model, chunk_size=4), np.array([3, 1, 4, 1])
     known = explain_all(explainers, background, images[rows])
     maps = predicted_maps(explainers, background, images, classes, np.array(rows), known)
-    for name, expected in class_maps(explainers, background, images, classes).items():
+    for name, expected in rule_maps(explainers, background, images, classes).items():
         np.testing.assert_allclose(maps[name], expected, rtol=1e-5, atol=1e-8)
 
 
@@ -142,7 +145,7 @@ def test_a_background_of_one_far_reference_and_copies_of_the_image_puts_everythi
 def test_randomized_model_fails_the_correlation_threshold():
     model, images, background = small_model(), random_images(5, 0), random_images(10, 1)
     classes = model.predict(images, verbose=0).argmax(axis=1)
-    trained = fast_values(model, background, images, 10, classes)
+    trained = lab_rule_maps(model, background, images, 10, classes)
     every_class = explain_all(rule_explainers(model, 10), background, images)["shap"]
     np.testing.assert_allclose(trained, every_class[np.arange(len(images)), ..., classes], rtol=1e-5, atol=1e-8)
     cascade = randomized_values(model, images, background, 0, 10, classes)

@@ -7,7 +7,7 @@ import shap
 from conftest import run_stage
 from PIL import Image
 
-from stages.common import CLASS_NAMES, NUM_CLASSES
+from fashion_shap.data import CLASS_NAMES, NUM_CLASSES
 from stages.visualize import CELL, DPI, main, shap_figure
 
 # Labels and predictions that give the longest row labels the real data can have.

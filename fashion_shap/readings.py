@@ -1,12 +1,13 @@
 """What the pipeline reads off SHAP values: completeness, the lab's reading, and its claims.
 
-Shared by the explain and trust stages (and the mistakes stage); not a stage itself. Values are in
-shap's layout, (images, rows, columns, channels, classes); labels name each image's true class.
+Read by the explain stage (the lab's reading) and the trust stage (completeness, and the readings as
+claims checked on other backgrounds). Values are in shap's layout, (images, rows, columns, channels,
+classes); labels name each image's true class.
 """
 
 import numpy as np
 
-from stages.common import CLASS_NAMES
+from fashion_shap.data import CLASS_NAMES
 
 T_SHIRT = CLASS_NAMES.index("T-shirt/top")  # the lab reads the sleeves off its T-shirt example
 PULLOVER = CLASS_NAMES.index("Pullover")
@@ -35,16 +36,26 @@ def largest_positive_mass(values: np.ndarray) -> np.ndarray:
     return positive_mass(values).argmax(axis=1)
 
 
+def diagonal_share(values: np.ndarray, labels: np.ndarray) -> float:
+    """Return the share of images whose own class holds their largest positive SHAP mass (the lab's diagonal)."""
+    return float(np.mean(largest_positive_mass(values) == labels))
+
+
+def top_classes(scores: np.ndarray, count: int = TOP) -> np.ndarray:
+    """Return the count classes of largest score, largest first; ties in class order."""
+    return np.argsort(-scores, kind="stable")[:count]
+
+
 def lab_reading(values: np.ndarray, probabilities: np.ndarray, expected: np.ndarray, labels: np.ndarray) -> dict:
     """Return the metrics the lab reads off its figure."""
     predicted = probabilities.argmax(axis=1)
     diagonal = largest_positive_mass(values)
     coat_row = row_of(labels, COAT)
-    top = np.argsort(probabilities[coat_row])[::-1][:TOP]
+    top = top_classes(probabilities[coat_row])
     return {
         "predicted_class": {CLASS_NAMES[label]: int(p) for label, p in zip(labels, predicted)},
         "largest_positive_shap_class": {CLASS_NAMES[label]: int(d) for label, d in zip(labels, diagonal)},
-        "diagonal_share": float(np.mean(diagonal == labels)),
+        "diagonal_share": diagonal_share(values, labels),
         "additivity_error": additivity_error(values, probabilities, expected),
         "coat_top3": {
             str(rank + 1): {"class": CLASS_NAMES[c], "probability": round(float(probabilities[coat_row, c]), 6)}
@@ -60,7 +71,7 @@ def row_of(labels: np.ndarray, label: int) -> int:
 
 def diagonal_claim(values: np.ndarray, labels: np.ndarray) -> dict:
     """The lab's diagonal: every image's own class holds its largest positive SHAP mass; share: of the images."""
-    share = float(np.mean(largest_positive_mass(values) == labels))
+    share = diagonal_share(values, labels)
     return {"holds": share == 1.0, "share": share}
 
 
@@ -70,8 +81,8 @@ def coat_claim(values: np.ndarray, probabilities: np.ndarray, labels: np.ndarray
     The lab reads them as the classes the model "had reasons" for; shared_top3 counts the classes in both.
     """
     row = row_of(labels, COAT)
-    by_mass = np.argsort(-positive_mass(values[row : row + 1])[0], kind="stable")[:TOP]
-    by_probability = np.argsort(-probabilities[row], kind="stable")[:TOP]
+    by_mass = top_classes(positive_mass(values[row : row + 1])[0])
+    by_probability = top_classes(probabilities[row])
     shared = len(set(by_mass.tolist()) & set(by_probability.tolist()))
     return {"holds": shared == TOP, "shared_top3": shared}
 

@@ -13,7 +13,8 @@ import keras
 import tensorflow as tf
 from keras import layers
 
-from stages.common import NUM_CLASSES, PARAMS_FILE, PipelineError, check_type, read_params, require_positive
+from fashion_shap.data import NUM_CLASSES
+from fashion_shap.params import PARAMS_FILE, PipelineError, check_type, read_params, require_positive
 
 IMAGE_SHAPE = (28, 28, 1)
 PADDINGS = ("valid", "same")
