@@ -12,8 +12,6 @@ Prints a table and writes it to benchmarks/results.md. Needs the pipeline's outp
     python benchmarks/explain_engines.py
 """
 
-import deepshap  # noqa: F401  first: it tunes OpenBLAS before NumPy loads it, as in the pipeline
-
 import argparse
 import json
 import os
@@ -28,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+import deepshap  # noqa: F401  first: it tunes OpenBLAS before NumPy loads it, as in the pipeline
 from deepshap import Explainer, shap_reference
 from fashion_shap.data import first_of_each_class, load_split
 from fashion_shap.model import build_model, load_model, save_weights

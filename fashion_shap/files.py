@@ -5,6 +5,7 @@ import csv
 import errno
 import json
 import os
+import resource
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -42,12 +43,30 @@ def atomic_path(path: Path) -> Iterator[Path]:
         remove(path)
         os.replace(temporary, path)
     except OSError as error:
-        if error.errno not in WRITE_ERRORS:
+        cause = write_failure(error, path.parent)
+        if cause is None:
             raise
-        raise PipelineError(f"cannot write {path}: {os.strerror(error.errno)}; free space or fix the "
-                            f"limit, then run the stage again") from None
+        raise PipelineError(f"cannot write {path}: {cause}; free space or fix the limit, then run the stage "
+                            f"again") from None
     finally:
         remove(temporary)
+
+
+def write_failure(error: OSError, directory: Path) -> str | None:
+    """Return why a write failed, if a user can mend it; None for any other error (a bug: its traceback helps).
+
+    NumPy reports a short write without an errno ("N requested and M written"): then the disk's free
+    space and the process's file-size limit tell the cause.
+    """
+    if error.errno in WRITE_ERRORS:
+        return os.strerror(error.errno)
+    if error.errno is not None or "written" not in str(error):
+        return None
+    if shutil.disk_usage(directory).free < 1 << 20:
+        return os.strerror(errno.ENOSPC)
+    if resource.getrlimit(resource.RLIMIT_FSIZE)[0] != resource.RLIM_INFINITY:
+        return os.strerror(errno.EFBIG)
+    return f"the write was cut short ({error})"
 
 
 def save_npy(path: Path, array: np.ndarray) -> None:

@@ -34,7 +34,11 @@ from fashion_shap.readings import PULLOVER, T_SHIRT, diagonal_share, sleeve_pixe
 from fashion_shap.trust.claims import claims_summary, claims_test
 from fashion_shap.trust.completeness import completeness
 from fashion_shap.trust.convergence import (
-    comparison, convergence_curve, convergence_metrics, disjoint_backgrounds, images_outside,
+    comparison,
+    convergence_curve,
+    convergence_metrics,
+    disjoint_backgrounds,
+    images_outside,
 )
 from fashion_shap.trust.deletion import deletion_metrics, deletion_test
 from fashion_shap.trust.diagnostics import diagnostics
@@ -103,6 +107,20 @@ def lab_sleeves(t_shirt: np.ndarray, x_train: np.ndarray, y_train: np.ndarray, p
 
 
 
+def convergence_check(explainers: dict, background: np.ndarray, pool: np.ndarray, lab_images: np.ndarray,
+                      compared: int, sizes: list[int], rng) -> tuple[dict, dict, list[dict]]:
+    """Return each rule's values against the background and against a disjoint one of compared images,
+    and the convergence curve: sizes, then compared."""
+    print(f"trust: the lab's {len(lab_images)} images against the background of {len(background)}, "
+          f"rules {', '.join(RULES)}")
+    values = explain_all(explainers, background, lab_images)
+    print(f"trust: convergence, a disjoint background of {compared}")
+    other = explain_all(explainers, disjoint_backgrounds(pool, compared, 1, rng)[0], lab_images)
+    curve = convergence_curve(explainers, pool, lab_images, sizes, rng)
+    curve.append(comparison(compared, values, other))
+    return values, other, curve
+
+
 def measure(model, background: np.ndarray, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
             y_test: np.ndarray, params: dict) -> tuple[dict, dict]:
     """Run every check; return (the metrics, what the CSV files and figures draw)."""
@@ -119,17 +137,11 @@ def measure(model, background: np.ndarray, x_train: np.ndarray, y_train: np.ndar
     probabilities = model.predict(images, verbose=0)
     predicted = probabilities.argmax(axis=1)
 
-    print(f"trust: the lab's {len(lab_images)} images against the background of {len(background)}, "
-          f"rules {', '.join(RULES)}")
-    values = explain_all(explainers, background, lab_images)
-    print(f"trust: convergence, a disjoint background of {compared}")
-    other = explain_all(explainers, disjoint_backgrounds(pool, compared, 1, rng)[0], lab_images)
-    curve = convergence_curve(explainers, pool, lab_images, params["convergence_sizes"], rng)
-    curve.append(comparison(compared, values, other))
+    values, other, curve = convergence_check(explainers, background, pool, lab_images, compared,
+                                             params["convergence_sizes"], rng)
     references = background[: params["diagnostics_size"]]
     print(f"trust: diagnostics, {len(references)} references one at a time")
     per_reference = diagnostics(explainers, lab_images, references)
-    print(f"trust: deletion test, {len(images)} images")
     maps = predicted_maps(explainers, background, images, predicted, lab, values)
     deletion = deletion_test(model, images, maps, background.mean(axis=0), params["deletion_steps"],
                              params["random_orders"], rng)

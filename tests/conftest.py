@@ -80,7 +80,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "queued" in item.fixturenames:
             item.add_marker(pytest.mark.xdist_group("queue"))
-        elif item.module.__name__ == "test_mistakes":
+        elif item.module.__name__ in ("test_mistakes", "test_mistakes_shards"):
             item.add_marker(pytest.mark.xdist_group("ray"))
 
 
@@ -270,3 +270,37 @@ def project(tmp_path, built_project) -> Path:
     directory = tmp_path / "project"
     shutil.copytree(built_project, directory, symlinks=True)
     return directory
+
+
+@pytest.fixture(scope="module")
+def mistaken(prepared, tmp_path_factory) -> Path:
+    """For the mistakes tests: a directory with the prepared model and background, a test split relabelled so
+    that every image is a mistake, and tiny params."""
+    from mistakes_data import IMAGES, PARAMS, labels_one_or_two_off
+
+    from fashion_shap.model import load_model
+
+    directory = tmp_path_factory.mktemp("mistaken")
+    (directory / "data/test").mkdir(parents=True)
+    shutil.copytree(prepared / "models", directory / "models")
+    shutil.copy(prepared / "data/background.npy", directory / "data/background.npy")
+    x_test = np.load(prepared / "data/test/x.npy")[:IMAGES]
+    predicted = load_model(directory / "models/model.weights.h5").predict(x_test, verbose=0).argmax(axis=1)
+    np.save(directory / "data/test/x.npy", x_test)
+    np.save(directory / "data/test/y.npy", labels_one_or_two_off(predicted).astype(np.uint8))
+    params = yaml.safe_load((prepared / "params.yaml").read_text())
+    params["mistakes"] = dict(PARAMS)
+    write_params(directory, params)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def reference(mistaken) -> np.ndarray:
+    """The values of every mistake, in this process, in one shard: what every other way must reproduce."""
+    from mistakes_data import SETTINGS, inputs
+
+    from fashion_shap.mistakes.shards import explain_in_process
+
+    model, background, images, classes = inputs(mistaken)
+    return explain_in_process(model, background, images, classes, SETTINGS, shard_size=len(images))
+

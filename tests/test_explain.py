@@ -10,10 +10,10 @@ import yaml
 from conftest import assert_one_line_error, run_stage, write_params
 
 from fashion_shap.data import CLASS_NAMES
-from fashion_shap.params import PipelineError
-from stages.explain import main
 from fashion_shap.model import load_model
+from fashion_shap.params import PipelineError
 from fashion_shap.readings import additivity_error, lab_reading, largest_positive_mass
+from stages.explain import main
 
 
 def test_largest_positive_mass_ignores_negative_values():

@@ -20,157 +20,23 @@ import numpy as np
 import psutil
 import pytest
 import yaml
-from conftest import ROOT, assert_one_line_error, run_stage, write_params
+from conftest import ROOT, assert_one_line_error, run_stage
+from mistakes_data import ARGS, IMAGES, SETTINGS, copy_with, inputs
 
-from fashion_shap.params import PipelineError
-from fashion_shap.mistakes.concentration import find_mistakes, mistake_metrics, region_shares, top_pairs
-from fashion_shap.mistakes.figure import pairs_figure
 from fashion_shap.mistakes.shards import explain_in_process
-from stages.mistakes import main
 from fashion_shap.model import load_model
+from fashion_shap.params import PipelineError
+from stages.mistakes import main
 
-ARGS = ["models/model.weights.h5", "data/background.npy", "data/test", "out/mistakes", "out/mistakes.json",
-        "out/mistakes.png"]
-SETTINGS = {"engine": "fast", "output": "probability", "softmax_rule": "shap", "chunk_size": 10}
-IMAGES = 16  # test images, all mistakes once relabelled
-PARAMS = {"background_size": 10, "ray_address": "", "shard_size": 4, "chunk_size": 10, "top_pairs": 2}
 # For the Ray clusters and the stages the tests start: no usage report over the network, and token
 # authentication with a throwaway token (a `ray start` cluster of Ray 2.60 expects a token).
 RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}
-
-
-def labels_one_or_two_off(predicted: np.ndarray) -> np.ndarray:
-    """Return labels that make every prediction wrong: prediction + 1 for two images in three, + 2 for the third."""
-    return (predicted + 1 + (np.arange(len(predicted)) % 3 == 2)) % 10
-
-
-@pytest.fixture(scope="module")
-def mistaken(prepared, tmp_path_factory) -> Path:
-    """A directory with the prepared model and background, a relabelled test split, and tiny params."""
-    directory = tmp_path_factory.mktemp("mistaken")
-    (directory / "data/test").mkdir(parents=True)
-    shutil.copytree(prepared / "models", directory / "models")
-    shutil.copy(prepared / "data/background.npy", directory / "data/background.npy")
-    x_test = np.load(prepared / "data/test/x.npy")[:IMAGES]
-    predicted = load_model(directory / "models/model.weights.h5").predict(x_test, verbose=0).argmax(axis=1)
-    np.save(directory / "data/test/x.npy", x_test)
-    np.save(directory / "data/test/y.npy", labels_one_or_two_off(predicted).astype(np.uint8))
-    params = yaml.safe_load((prepared / "params.yaml").read_text())
-    params["mistakes"] = dict(PARAMS)
-    write_params(directory, params)
-    return directory
-
-
-def copy_with(source: Path, target: Path, **mistakes_params) -> Path:
-    """Copy a stage directory (its inputs and params), changing some mistakes params."""
-    shutil.copytree(source, target, ignore=shutil.ignore_patterns("out"))
-    params = yaml.safe_load((target / "params.yaml").read_text())
-    params["mistakes"].update(mistakes_params)
-    write_params(target, params)
-    return target
-
-
-def inputs(directory: Path, background_size: int = PARAMS["background_size"]) -> tuple:
-    """Return (model, background, images, classes) of a stage directory, as the stage finds them."""
-    model = load_model(directory / "models/model.weights.h5")
-    x_test, y_test = np.load(directory / "data/test/x.npy"), np.load(directory / "data/test/y.npy")
-    indices, classes = find_mistakes(model.predict(x_test, verbose=0), y_test)
-    return model, np.load(directory / "data/background.npy")[:background_size], x_test[indices], classes
-
-
-@pytest.fixture(scope="module")
-def reference(mistaken) -> np.ndarray:
-    """The values of every mistake, in this process, in one shard: what every other way must reproduce."""
-    model, background, images, classes = inputs(mistaken)
-    return explain_in_process(model, background, images, classes, SETTINGS, shard_size=len(images))
 
 
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
-
-
-# --- The measures, on cases whose answer is known ---
-
-def test_find_mistakes_lists_wrong_predictions_with_true_then_predicted_class():
-    probabilities = np.eye(10)[[3, 1, 4, 1, 5]]
-    indices, classes = find_mistakes(probabilities, np.array([3, 2, 4, 0, 5]))
-    assert indices.tolist() == [1, 3]
-    assert classes.tolist() == [[2, 1], [0, 1]]
-
-
-def test_top_pairs_puts_the_most_frequent_first_and_ties_in_class_order():
-    classes = np.array([[6, 0], [2, 4], [6, 0], [4, 2], [2, 4], [6, 0], [0, 6]])
-    assert top_pairs(classes, 3) == [(6, 0), (2, 4), (0, 6)]
-    assert top_pairs(classes, 10) == [(6, 0), (2, 4), (0, 6), (4, 2)]
-
-
-def test_region_shares_of_maps_inside_spread_over_and_outside_the_pairs_region():
-    inside = np.zeros((28, 28))
-    inside[:3, :26] = 1.0  # 78 pixels, the region's size: a tenth of 784
-    spread = np.ones((28, 28))
-    outside = np.zeros((28, 28))
-    outside[20:, :] = 1.0
-    shares = region_shares(np.stack([inside, inside, inside, spread, outside, np.zeros((28, 28))]))
-    np.testing.assert_allclose(shares, [1.0, 1.0, 1.0, 78 / 784, 0.0, 0.0])
-
-
-def test_region_shares_ignore_negative_values():
-    maps = np.zeros((2, 28, 28))
-    maps[:, :3, :26] = 1.0
-    maps[1, 20:, :] = -5.0  # evidence against the class, outside the region: not part of the mass
-    np.testing.assert_allclose(region_shares(maps), [1.0, 1.0])
-
-
-def test_metrics_count_every_pair_and_the_concentrated_mistakes_of_the_top_ones():
-    classes = np.array([[6, 0], [6, 0], [6, 0], [2, 4]])
-    maps = np.zeros((4, 28, 28, 2))
-    maps[:2, :3, :26, 1] = 1.0  # two of the three Shirt -> T-shirt maps in the same region
-    maps[2, 10:, :, 1] = 1.0  # the third spread over the lower two thirds
-    metrics = mistake_metrics(classes, maps, top_pairs(classes, 1), test_size=40)
-    assert metrics["mistakes"] == 4 and metrics["error_rate"] == 0.1
-    assert metrics["pairs"] == {"Shirt -> T-shirt/top": 3, "Pullover -> Coat": 1}
-    top = metrics["top_pairs"]["Shirt -> T-shirt/top"]
-    assert top["mistakes"] == 3
-    assert top["concentrated_share"] == pytest.approx(2 / 3, abs=1e-6)
-
-
-def test_figure_titles_each_pair_and_its_classes():
-    rng = np.random.default_rng(0)
-    classes = np.array([[6, 0], [6, 0], [4, 2]])
-    figure = pairs_figure(rng.random((3, 28, 28, 1)), classes, rng.normal(size=(3, 28, 28, 2)), np.array([5, 9, 12]),
-                          top_pairs(classes, 2))
-    texts = {text.get_text() for text in figure.findobj(lambda artist: hasattr(artist, "get_text"))}
-    assert {"Shirt taken for T-shirt/top: 2 mistakes", "Coat taken for Pullover: 1 mistakes"} <= texts
-    assert {"test image 9", "for Shirt", "for T-shirt/top", "mean T-shirt/top\nminus Shirt"} <= texts
-
-
-# --- Shards, in this process ---
-
-def test_shards_of_any_size_give_the_same_bytes_and_the_values_add_up(mistaken, reference):
-    model, background, images, classes = inputs(mistaken)
-    assert len(images) == IMAGES  # every relabelled image is a mistake
-    for shard_size in (5, 7):
-        np.testing.assert_array_equal(explain_in_process(model, background, images, classes, SETTINGS, shard_size),
-                                      reference)
-    # Completeness, class by class: the true class's values first, then the predicted one's.
-    probabilities = model.predict(images, verbose=0).astype(np.float64)
-    expected = model.predict(background, verbose=0).astype(np.float64).mean(axis=0)
-    rows = np.arange(len(images))[:, np.newaxis]
-    totals = reference.astype(np.float64).sum(axis=(1, 2, 3))
-    np.testing.assert_allclose(totals, probabilities[rows, classes] - expected[classes], atol=1e-5)
-    assert np.abs(reference).max() > 1e-3
-
-
-@pytest.mark.slow
-def test_shap_engine_gives_the_fast_engines_values_for_the_two_classes(mistaken):
-    model, background, images, classes = inputs(mistaken, background_size=5)
-    settings = dict(SETTINGS, chunk_size=5)
-    fast = explain_in_process(model, background, images[:3], classes[:3], settings, shard_size=3)
-    shap = explain_in_process(model, background, images[:3], classes[:3], dict(settings, engine="shap"), shard_size=2)
-    np.testing.assert_allclose(shap, fast, rtol=0, atol=1e-5)
-    assert np.abs(fast).max() > 1e-3
 
 
 # --- The stage ---

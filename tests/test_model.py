@@ -7,8 +7,8 @@ import yaml
 from conftest import ROOT
 
 from deepshap import Explainer
-from fashion_shap.params import PipelineError
 from fashion_shap.model import build_model, check_architecture, load_model, save_weights
+from fashion_shap.params import PipelineError
 
 
 def lab_architecture() -> dict:

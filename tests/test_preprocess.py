@@ -4,11 +4,18 @@ import gzip
 
 import numpy as np
 import pytest
-from conftest import TEST_SIZE, TRAIN_SIZE, assert_one_line_error, idx_bytes, run_stage, synthetic_split
+from conftest import (
+    TEST_SIZE,
+    TRAIN_SIZE,
+    assert_one_line_error,
+    idx_bytes,
+    run_stage,
+    synthetic_split,
+)
 
-from stages import fetch
 from fashion_shap.data import parse_idx
 from fashion_shap.params import PipelineError
+from stages import fetch
 from stages.preprocess import main, scale
 
 

@@ -4,7 +4,14 @@ import numpy as np
 
 from fashion_shap.data import NUM_CLASSES
 from fashion_shap.readings import (
-    COAT, PULLOVER, T_SHIRT, coat_claim, diagonal_claim, lab_claims, sleeve_pixels, sleeves_claim,
+    COAT,
+    PULLOVER,
+    T_SHIRT,
+    coat_claim,
+    diagonal_claim,
+    lab_claims,
+    sleeve_pixels,
+    sleeves_claim,
 )
 
 LABELS = np.arange(NUM_CLASSES)  # the lab's ten images, one per class in class order

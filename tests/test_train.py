@@ -8,8 +8,8 @@ import pytest
 import yaml
 from conftest import write_params
 
-from fashion_shap.params import PipelineError
 from fashion_shap.model import load_model
+from fashion_shap.params import PipelineError
 from stages.train import main
 
 # One epoch on the synthetic data, whose class is a bright row band, classified all 60 test images

@@ -25,6 +25,7 @@ def deletion_test(model, images: np.ndarray, maps: dict[str, np.ndarray], fill: 
     maps: per rule, each image's map for its predicted class (images, *image shape); a rule orders the
     image's pixels by it, largest first. All rules share the random orders.
     """
+    print(f"trust: deletion test, {len(images)} images")
     predicted = model.predict(images, verbose=0).argmax(axis=1)
     curves = defaultdict(list)
     for index, (image, target) in enumerate(zip(images, predicted)):

@@ -1,0 +1,48 @@
+"""engines: the params pick an engine, every engine answers the same calls, and bad choices are one line."""
+
+import keras
+import numpy as np
+import pytest
+from keras import layers
+from trust_models import random_images, small_model
+
+from fashion_shap.engines import ShapEngine, check_engine_params, make_explainer
+from fashion_shap.params import PipelineError
+
+FAST = {"engine": "fast", "output": "probability", "softmax_rule": "shap"}
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"engine": "gpu-please"}, "explain.engine must be one of fast, shap, got 'gpu-please'"),
+    ({"output": "odds"}, "explain.output must be one of probability, logit"),
+    ({"softmax_rule": "owen"}, "explain.softmax_rule must be one of shap, shapley"),
+    ({"engine": "shap", "softmax_rule": "shapley"}, "explain.engine: shap has only shap's softmax rule"),
+])
+def test_params_that_do_not_fit_are_named(change, message):
+    check_engine_params(FAST)
+    with pytest.raises(PipelineError, match=message):
+        check_engine_params(dict(FAST, **change))
+
+
+@pytest.mark.parametrize("output", ["probability", "logit"])
+def test_both_engines_give_the_same_values_outputs_and_expectation_for_chosen_classes(output):
+    model, images, background = small_model(), random_images(2, 0), random_images(5, 1)
+    classes = np.array([[3, 1], [0, 9]])
+    engines = [make_explainer(model, engine, output, "shap", chunk_size=2) for engine in ("fast", "shap")]
+    assert isinstance(engines[1], ShapEngine)
+    done = []
+    fast, shap = (engine.shap_values(images, background, classes, progress=done.append) for engine in engines)
+    assert fast.shape == shap.shape == images.shape + (2,)
+    np.testing.assert_allclose(shap, fast, rtol=0, atol=1e-5 * np.abs(fast).max())
+    assert sum(done) == pytest.approx(2 * len(background))  # each engine counts background images done
+    np.testing.assert_allclose(engines[1].predict(images), engines[0].predict(images), rtol=1e-5)
+    np.testing.assert_allclose(engines[1].expected_value(background), engines[0].expected_value(background), rtol=1e-5)
+
+
+def test_a_model_the_fast_engine_cannot_take_names_the_param_to_change():
+    inputs = keras.Input(shape=(8, 8, 1))
+    x = layers.Flatten()(layers.Conv2D(2, 3, activation="tanh")(inputs))
+    model = keras.Model(inputs, layers.Dense(10, activation="softmax")(x))
+    with pytest.raises(PipelineError, match="set explain.engine: shap in params.yaml"):
+        make_explainer(model, "fast", "probability", "shap", chunk_size=2)
+    assert isinstance(make_explainer(model, "shap", "probability", "shap", chunk_size=2), ShapEngine)
