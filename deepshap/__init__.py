@@ -11,6 +11,10 @@ it takes a Keras model and arrays, and returns arrays.
   classes at once and streamed over the background; or, with `softmax_rule="shapley"`, the exact
   Shapley values of the softmax over the logits as the head's rule.
 - `shap_reference`: shap.DeepExplainer itself, the reference the engine is tested against.
+- `RULES`, `ACTIVATIONS`, `Rule`, `register_rule`: the table from Keras layer kind (and activation
+  name) to its backward rule, which a caller can extend (deepshap.rules); `CHECKS`: the supported
+  configurations of each kind (deepshap.support); `FUSED`: the compiled loops and the runs of rules
+  they replace (deepshap.fused).
 
 The names above load on first use (PEP 562), so that a module of the package that needs no
 TensorFlow can be imported where TensorFlow is not installed.
@@ -29,7 +33,9 @@ use_shared_cache()
 # Public name -> the module that defines it.
 _EXPORTS = {
     "OUTPUTS": "deepshap.explainer", "SOFTMAX_RULES": "deepshap.explainer", "Explainer": "deepshap.explainer",
-    "UnsupportedModelError": "deepshap.explainer", "shap_reference": "deepshap.reference",
+    "UnsupportedModelError": "deepshap.support", "shap_reference": "deepshap.reference",
+    "RULES": "deepshap.rules", "ACTIVATIONS": "deepshap.rules", "Rule": "deepshap.rules",
+    "register_rule": "deepshap.rules", "CHECKS": "deepshap.support", "FUSED": "deepshap.fused",
 }
 __all__ = list(_EXPORTS)
 

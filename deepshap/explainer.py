@@ -7,8 +7,8 @@ import numpy as np
 import tensorflow as tf
 
 from deepshap import head
-from deepshap.kernels import pool_conv_backward
-from deepshap.network import Network, UnsupportedModelError
+from deepshap.network import Network
+from deepshap.support import UnsupportedModelError
 
 OUTPUTS = ("probability", "logit")
 # Images whose multipliers at the fused block's input are held at once: 5 x 100 references x 10 classes
@@ -25,8 +25,9 @@ class Explainer:
     shap.DeepExplainer's, value for value; "shapley": the exact Shapley values of the softmax over the
     logits); "logit" explains the logits, the scores before the softmax.
     chunk_size: background images per step; memory grows with it, not with the background.
-    fuse: run the conv blocks and the model's top in deepshap.kernels' compiled loops, where the
-    model has them (False: the generic rules, as the tests compare them).
+    fuse: run the conv blocks and the model's top in the compiled loops of deepshap.fused, where the
+    model has them, and log one line naming the layers that run on the plain rules (False: the plain
+    rules of deepshap.rules throughout, as the tests compare them).
 
     Deterministic: the same model, images, background and chunk size give the same bytes whatever
     the thread count, BLAS kernel or CPU vector width (sums in a fixed order, each rounded as
@@ -85,11 +86,11 @@ class Explainer:
         array per chunk made the step 1.6x slower, in page faults). It holds IMAGES_PER_PASS images:
         each image's sums are its own, so the passes give the same bytes as one pass of all images.
         """
-        network = self.network
+        network, block = self.network, self.network.input_block
         grad_logits = select(self.head(x["logits"], r["logits"]), classes)  # (images, refs, classes, logits)
         group = min(len(grad_logits), IMAGES_PER_PASS)
-        if network.fused is not None:
-            shape = (group,) + grad_logits.shape[1:3] + (network.fused["output_size"],)
+        if block is not None:
+            shape = (group,) + grad_logits.shape[1:3] + (block.constants["output_size"],)
             if buffer.get("array") is None or buffer["array"].size < np.prod(shape):
                 buffer["array"] = np.empty(int(np.prod(shape)))
             pooled_grad = buffer["array"][: np.prod(shape)].reshape(shape)
@@ -97,7 +98,7 @@ class Explainer:
             # One image at a time, so that its values do not depend on the others explained with it
             # (any shard of images gives the same bytes); (refs, classes, *shape) float64 throughout.
             image_values = {index: values[image] for index, values in x.items()}
-            if network.fused is None:
+            if block is None:
                 grad = network.backward(grad, image_values, r)
                 difference = (images[image] - references).astype(np.float64)  # (refs, *image shape)
                 totals[image] += np.einsum("rc...,r...->...c", grad, difference)
@@ -105,9 +106,9 @@ class Explainer:
             network.backward(grad, image_values, r, out=pooled_grad[image % group])
             if image % group == group - 1 or image == len(grad_logits) - 1:
                 done = slice(image - image % group, image + 1)
-                fused = network.fused
-                pool_conv_backward(pooled_grad[: image % group + 1], images[done], x[fused["relu"]][done], references,
-                                   r[fused["relu"]], fused["kernel"], *fused["pool_size"], totals[done])
+                block.loop.run(block.constants, pooled_grad[: image % group + 1], images[done],
+                               [x[index][done] for index in block.reads], references,
+                               [r[index] for index in block.reads], totals[done])
 
     def shap_values(self, images: np.ndarray, background: np.ndarray, classes: np.ndarray | None = None,
                     progress: Callable[[int], None] | None = None) -> np.ndarray:

@@ -1,0 +1,37 @@
+"""kernels: what the compiled loops share rounds as written, sums in order and routes ties as TensorFlow does."""
+
+import numba
+import numpy as np
+
+from deepshap.kernels import add_rows, fma, window_maxima
+
+
+@numba.njit(cache=True)
+def fused_multiply_add(a, b, c):
+    return fma(a, b, c)
+
+
+def test_fma_rounds_once_on_every_cpu():
+    a, c = np.float32(1 + 2**-12), np.float32(-(1 + 2**-11))
+    # a * a = 1 + 2^-11 + 2^-24 exactly: rounded to float32 first, the 2^-24 is lost.
+    assert a * a + c == 0
+    assert fused_multiply_add(a, a, c) == np.float32(2**-24)
+
+
+def test_add_rows_sums_the_chosen_rows_of_a_tile():
+    rng = np.random.default_rng(0)
+    coefficients = rng.normal(size=(3, 12)).astype(np.float32)  # (classes, rows)
+    rows = rng.normal(size=(12, 40)).astype(np.float32)
+    used = np.array([11, 0, 4, 5, 7, 2, 9, 3, 8, 1], dtype=np.int64)  # ten: a pass of eight, then one of two
+    sums = np.zeros((3, 30), dtype=np.float32)
+    add_rows(sums, coefficients, rows, used, len(used), 5, 35)
+    expected = coefficients[:, used].astype(np.float64) @ rows[used, 5:35]
+    np.testing.assert_allclose(sums, expected, rtol=0, atol=1e-6 * np.abs(expected).max())  # float32 sums
+
+
+def test_window_maxima_take_the_first_maximum_after_relu():
+    conv_in = np.array([[-1.0, -2.0, 5.0, 1.0], [-3.0, -0.5, 5.0, 5.0]], dtype=np.float32)[:, :, np.newaxis]
+    maxima, at = np.empty((1, 2, 1), dtype=np.float32), np.empty((1, 2, 1, 2), dtype=np.int32)
+    window_maxima(conv_in, 2, 2, maxima, at)
+    np.testing.assert_array_equal(maxima[0, :, 0], [0.0, 5.0])  # all negative: relu's 0, at the first position
+    np.testing.assert_array_equal(at[0, :, 0], [[0, 0], [0, 2]])

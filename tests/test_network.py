@@ -1,0 +1,31 @@
+"""network: a model as a chain of steps, its forward pass keeping what the rules read."""
+
+import keras
+import numpy as np
+from keras import layers
+from test_deepshap import random_images, softmax, stack
+
+from deepshap.network import Network
+from deepshap.rules import BATCH_NORM, CONV, DENSE, MAX_POOL, RELU, RESHAPE
+
+
+def test_each_layer_gives_its_map_then_its_activation_and_the_head_its_map_alone():
+    inputs = keras.Input(shape=(10, 10, 1))
+    x = layers.BatchNormalization()(layers.Conv2D(4, 3, activation="relu")(inputs))
+    x = layers.Flatten()(layers.MaxPooling2D(2)(layers.ReLU()(x)))
+    x = layers.Activation("relu")(layers.Dropout(0.5)(layers.Dense(6)(x)))
+    network = Network(keras.Model(inputs, layers.Dense(3, activation="softmax")(x)), fuse=False)
+    rules = [CONV, RELU, BATCH_NORM, RELU, MAX_POOL, RESHAPE, DENSE, RELU, DENSE]  # no Dropout, no softmax
+    assert [step.rule for step in network.steps] == rules
+    assert network.head == "softmax" and network.num_classes == 3
+
+
+def test_forward_keeps_the_inputs_the_rules_read_and_gives_the_logits():
+    model = stack("lab", seed=1)  # Conv2D -> ReLU -> MaxPooling2D -> Flatten -> Dense -> ReLU -> Dense
+    images = random_images(3, (14, 14, 1), 2)
+    plain, fused = Network(model, fuse=False), Network(model)
+    assert plain.kept == {1, 2, 5}  # the ReLUs' and the max-pool's inputs
+    assert fused.kept == {1, 5}  # the ReLUs' inputs, which the compiled loops read
+    values = fused.forward(images)
+    assert set(values) == {1, 5, "logits"} and values[1].shape == (3, 12, 12, 6)
+    np.testing.assert_allclose(softmax(values["logits"]), model.predict(images, verbose=0), rtol=0, atol=1e-6)
