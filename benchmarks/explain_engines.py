@@ -1,16 +1,21 @@
 """Benchmark the explain engines: time, peak memory, agreement with shap, for two models and three head rules.
 
-Runs shap.DeepExplainer ("shap") and this project's engine ("fast", the deepshap package) on the same
-images and backgrounds, each case in a child process of its own so that its peak memory is its own:
+Runs shap.DeepExplainer ("shap"), this project's CPU engine ("fast", deepshap.Explainer) and its JAX engine
+("accelerated", deepshap.accelerated: on a GPU where JAX finds one, else on the CPU) on the same images
+and backgrounds, each case in a child process of its own so that its peak memory is its own:
 - the pipeline's model (the lab's CNN, trained by `dvc repro`): both engines at 100, 1,000 and 5,000
   background images, the fast engine also on the whole training set, and at 5,000 the fast engine's
   two other heads (the exact Shapley softmax rule, and the logits);
 - a model with two conv blocks (32 and 64 filters) and a Dense of 128, trained here for one epoch on
   10,000 training images: both engines at 1,000, the fast engine on the whole training set.
-Prints a table and writes it to benchmarks/results.md. Needs the pipeline's outputs (`dvc repro`):
+- the accelerated engine on the lab's model at 100 and 1,000 (on a CPU it is slower than fast: its place is
+  a GPU; benchmarks/accelerated.py measures it there without TensorFlow).
+Prints a table and writes it to benchmarks/explain_engines.md. Needs the pipeline's outputs (`dvc repro`):
 
     python benchmarks/explain_engines.py
 """
+
+import fashion_shap  # noqa: F401, I001  first: it tunes OpenBLAS before NumPy loads it, as in the pipeline
 
 import argparse
 import json
@@ -26,9 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-import deepshap  # noqa: F401  first: it tunes OpenBLAS before NumPy loads it, as in the pipeline
-from deepshap import Explainer, shap_reference
 from fashion_shap.data import first_of_each_class, load_split
+from fashion_shap.engines import make_explainer
 from fashion_shap.model import build_model, load_model, save_weights
 from fashion_shap.readings import additivity_error
 
@@ -46,6 +50,7 @@ CASES = [
     ("lab", "fast", 0, "probability", "shap"),
     ("two blocks", "shap", 1000, "probability", "shap"), ("two blocks", "fast", 1000, "probability", "shap"),
     ("two blocks", "fast", 0, "probability", "shap"),
+    ("lab", "accelerated", 100, "probability", "shap"), ("lab", "accelerated", 1000, "probability", "shap"),
 ]
 
 
@@ -63,12 +68,9 @@ def run_case(args: argparse.Namespace) -> None:
     x_test, y_test = load_split(args.test)
     images = first_of_each_class(x_test, y_test)
     background = background_of(x_train, args.size)
-    explainer = Explainer(model, output=args.output, softmax_rule=args.rule, chunk_size=CHUNK_SIZE)
+    explainer = make_explainer(model, args.engine, args.output, args.rule, CHUNK_SIZE)
     start = time.perf_counter()
-    if args.engine == "fast":
-        values = explainer.shap_values(images, background)
-    else:
-        values = shap_reference(model, background, images, output=args.output)
+    values = explainer.shap_values(images, background)
     seconds = time.perf_counter() - start
     error = additivity_error(values, explainer.predict(images), explainer.expected_value(background))
     np.save(args.values, values)
@@ -121,7 +123,7 @@ def main() -> None:
     parser.add_argument("--model", default="models/model.weights.h5")
     parser.add_argument("--train", default="data/train")
     parser.add_argument("--test", default="data/test")
-    parser.add_argument("--output", default="benchmarks/results.md")
+    parser.add_argument("--output", default="benchmarks/explain_engines.md")
     parser.add_argument("--case", nargs=5, metavar=("ENGINE", "SIZE", "OUTPUT", "RULE", "VALUES"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.case:
@@ -148,7 +150,7 @@ def main() -> None:
                                 "rule": rule, "path": path, **measure(args, case, models[name], path, repeats)}
             print(f"{name:>10} {size or train_size:>6} {engine} {output} {rule}: {row['seconds']:.1f} s", flush=True)
             reference = rows.get((name, "shap", size, output, rule))
-            if engine == "fast" and reference:
+            if engine != "shap" and reference:
                 difference = np.abs(np.load(path) - np.load(reference["path"])).max()
                 row["difference"] = f"{difference:.1e}"
                 row["ratio"] = f"{reference['seconds'] / row['seconds']:.1f}x"

@@ -22,18 +22,15 @@ TensorFlow can be imported where TensorFlow is not installed.
 
 import importlib
 
-# The package's one import-time setting: where numba keeps the compiled loops, set before they are
-# defined. (A program that runs the engine should also set OPENBLAS_THREAD_TIMEOUT=4 before NumPy
-# loads: OpenBLAS's threads otherwise spin after each product and slow the compiled loop 2.4x,
-# measured; the pipeline sets it in fashion_shap/__init__.py.)
-from deepshap.cache import use_shared_cache
-
-use_shared_cache()
+# No import-time setting here: importing deepshap.accelerated must need neither TensorFlow nor numba.
+# (A program that runs the CPU engine should also set OPENBLAS_THREAD_TIMEOUT=4 before NumPy loads:
+# OpenBLAS's threads otherwise spin after each product and slow the compiled loops 2.4x, measured;
+# the pipeline sets it in fashion_shap/__init__.py. numba's cache folder is set by deepshap.cache.)
 
 # Public name -> the module that defines it.
 _EXPORTS = {
     "OUTPUTS": "deepshap.explainer", "SOFTMAX_RULES": "deepshap.explainer", "Explainer": "deepshap.explainer",
-    "UnsupportedModelError": "deepshap.support", "shap_reference": "deepshap.reference",
+    "UnsupportedModelError": "deepshap.errors", "shap_reference": "deepshap.reference",
     "RULES": "deepshap.rules", "ACTIVATIONS": "deepshap.rules", "Rule": "deepshap.rules",
     "register_rule": "deepshap.rules", "CHECKS": "deepshap.support", "FUSED": "deepshap.fused",
 }

@@ -30,3 +30,8 @@ def use_shared_cache() -> None:
     """
     config.CACHE_LOCATOR_CLASSES = os.environ.setdefault(
         "NUMBA_CACHE_LOCATOR_CLASSES", f"{__name__}.{SharedCacheLocator.__name__},InTreeCacheLocator")
+
+
+# The package's one import-time setting, made where the first compiled loop is defined (deepshap.head
+# imports this module before defining it).
+use_shared_cache()

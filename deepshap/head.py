@@ -17,6 +17,8 @@ import numba
 import numpy as np
 import tensorflow as tf
 
+import deepshap.cache  # noqa: F401  where numba keeps the loops below: set before they are defined
+
 # shap's thresholds below which a difference counts as zero (shap/explainers/_deep/deep_tf.py).
 NONLINEAR_EPSILON = 1e-6  # ReLU, exp and the softmax rescale: fall back to the gradient
 LINEAR_EPSILON = 1e-7  # max-pool and division: the multiplier is zero

@@ -10,19 +10,15 @@ from collections.abc import Callable
 
 from keras import layers
 
+from deepshap.errors import UnsupportedModelError
 from deepshap.rules import ACTIVATIONS, activation_name, registered_kind
 
-WAY_OUT = "explain.engine: shap handles it"
 HEAD_ACTIVATIONS = ("softmax", "linear")
-
-
-class UnsupportedModelError(ValueError):
-    """The model has a layer or activation the engine has no rule for; shap.DeepExplainer may handle it."""
 
 
 def unsupported(layer: layers.Layer, why: str) -> UnsupportedModelError:
     return UnsupportedModelError(
-        f"the fast engine does not support layer '{layer.name}' ({layer.__class__.__name__}): {why}; {WAY_OUT}"
+        f"the fast engine does not support layer '{layer.name}' ({layer.__class__.__name__}): {why}"
     )
 
 

@@ -1,9 +1,12 @@
 """The one place that picks an explanation engine: explain.engine, output and softmax_rule.
 
+- fast: deepshap.Explainer, exact and compiled for the CPU; its bytes are the same on any CPU.
+- accelerated: deepshap.accelerated (JAX) on a GPU or TPU where JAX finds one, else on the CPU (slower
+  than fast there); the same values to about 1e-6 of the largest (README), its bytes the device's.
+- shap: shap.DeepExplainer itself, the reference, for any model.
 Every engine answers the same calls, as deepshap.Explainer does: predict(images), expected_value(background)
 and shap_values(images, background, classes=None, progress=None), whose progress counts background
-images done. The explain and mistakes stages explain with it; the trust stage measures the fast
-engine's rules itself.
+images done.
 """
 
 from collections.abc import Callable
@@ -15,7 +18,8 @@ from deepshap import OUTPUTS, SOFTMAX_RULES, Explainer, UnsupportedModelError, s
 from deepshap.reference import logit_model
 from fashion_shap.params import PARAMS_FILE, PipelineError
 
-ENGINES = ("fast", "shap")
+ENGINES = ("fast", "accelerated", "shap")
+ACCELERATED_INSTALL = "pip install -e '.[gpu]' (JAX with CUDA) or -e '.[test]' (JAX for the CPU)"
 
 
 def check_engine_params(params: dict) -> None:
@@ -53,12 +57,28 @@ class ShapEngine:
         return np.take_along_axis(values, np.asarray(classes)[:, np.newaxis, np.newaxis, np.newaxis, :], axis=-1)
 
 
-def make_explainer(model: keras.Model, engine: str, output: str, softmax_rule: str, chunk_size: int
-                   ) -> Explainer | ShapEngine:
-    """Return the engine the params name, or fail with one line if the fast engine cannot take the model."""
+def accelerated_explainer(model: keras.Model, output: str, softmax_rule: str):
+    """Return the accelerated engine, its chunks sized to the device's memory; say so when it runs on the CPU."""
+    try:
+        import jax
+
+        from deepshap.accelerated import AcceleratedExplainer, layers_from_keras
+    except ImportError as error:
+        raise PipelineError(f"explain.engine: accelerated needs JAX ({error}); {ACCELERATED_INSTALL}") from None
+    if jax.default_backend() == "cpu":
+        print("engines: JAX finds no GPU or TPU here: the accelerated engine runs on the CPU, where explain.engine: "
+              "fast is faster")
+    return AcceleratedExplainer(layers_from_keras(model), output=output, softmax_rule=softmax_rule)
+
+
+def make_explainer(model: keras.Model, engine: str, output: str, softmax_rule: str, chunk_size: int):
+    """Return the engine the params name (chunk_size: the fast engine's references per step), or fail with
+    one line if it cannot take the model."""
     if engine == "shap":
         return ShapEngine(model, output)
     try:
+        if engine == "accelerated":
+            return accelerated_explainer(model, output, softmax_rule)
         return Explainer(model, output=output, softmax_rule=softmax_rule, chunk_size=chunk_size)
     except UnsupportedModelError as error:
         raise PipelineError(f"{error}; set explain.engine: shap in {PARAMS_FILE}") from None

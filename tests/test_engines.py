@@ -1,5 +1,7 @@
 """engines: the params pick an engine, every engine answers the same calls, and bad choices are one line."""
 
+import sys
+
 import keras
 import numpy as np
 import pytest
@@ -13,7 +15,7 @@ FAST = {"engine": "fast", "output": "probability", "softmax_rule": "shap"}
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"engine": "gpu-please"}, "explain.engine must be one of fast, shap, got 'gpu-please'"),
+    ({"engine": "gpu-please"}, "explain.engine must be one of fast, accelerated, shap, got 'gpu-please'"),
     ({"output": "odds"}, "explain.output must be one of probability, logit"),
     ({"softmax_rule": "owen"}, "explain.softmax_rule must be one of shap, shapley"),
     ({"engine": "shap", "softmax_rule": "shapley"}, "explain.engine: shap has only shap's softmax rule"),
@@ -46,3 +48,22 @@ def test_a_model_the_fast_engine_cannot_take_names_the_param_to_change():
     with pytest.raises(PipelineError, match="set explain.engine: shap in params.yaml"):
         make_explainer(model, "fast", "probability", "shap", chunk_size=2)
     assert isinstance(make_explainer(model, "shap", "probability", "shap", chunk_size=2), ShapEngine)
+
+
+@pytest.mark.parametrize("output, rule", [("probability", "shapley"), ("logit", "shap")])
+def test_the_accelerated_engine_gives_the_fast_engines_values_and_says_where_it_runs(output, rule, capsys):
+    """With the Shapley rule or the logits, no division by a logit's change: the two engines' float32
+    forward passes (TensorFlow's, XLA's) may differ in their last bits and the values stay within 1e-5."""
+    model, images, background = small_model(), random_images(2, 0), random_images(5, 1)
+    classes = np.array([[3, 1], [0, 9]])
+    fast = make_explainer(model, "fast", output, rule, chunk_size=2).shap_values(images, background, classes)
+    accelerated = make_explainer(model, "accelerated", output, rule, chunk_size=2)
+    assert "JAX finds no GPU or TPU here" in capsys.readouterr().out  # this machine has none
+    values = accelerated.shap_values(images, background, classes)
+    np.testing.assert_allclose(values, fast, rtol=0, atol=1e-5 * np.abs(fast).max())
+
+
+def test_the_accelerated_engine_without_jax_says_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "jax", None)  # as where JAX is not installed
+    with pytest.raises(PipelineError, match=r"explain.engine: accelerated needs JAX .*pip install -e '.\[gpu\]'"):
+        make_explainer(small_model(), "accelerated", "probability", "shap", chunk_size=2)
