@@ -21,7 +21,8 @@ def block_backward(grad: np.ndarray, image_pre_relu: np.ndarray, reference_pre_r
     grad (refs, classes, pooled rows, pooled columns, filters) float64: the multipliers at the block's
     output. image_pre_relu (rows, columns, filters) and reference_pre_relu (refs, ...) float32: the
     ReLU's inputs. kernel (filters, kernel rows, kernel columns, channels) float64, of a stride-1 conv
-    that pads (top, left) = padding. out: a float64 array of the result's size to write it in, or None.
+    that pads (top, left) = padding. out: a float64 or float32 array of the result's size to write it in
+    (its sums are float32: either holds them exactly), or None.
     """
     shape = grad.shape[:2] + tuple(input_shape)
     out = np.empty(shape) if out is None else out.reshape(shape)

@@ -18,7 +18,7 @@ def pool_conv_backward(pooled_grad: np.ndarray, images: np.ndarray, image_conv_i
                        totals: np.ndarray) -> None:
     """Add sum over references of multiplier * (image - reference) to totals (images, rows, columns, channels, classes).
 
-    pooled_grad (images, references, classes, pooled rows x pooled columns x filters) float64: each
+    pooled_grad (images, references, classes, pooled rows x pooled columns x filters) float64 or float32: each
     class's multiplier at the max-pool output. image_conv_in (images, conv rows, conv columns, filters)
     and reference_conv_in (references, ...) float32: the ReLU's inputs. kernel (filters, kernel rows,
     kernel columns, channels) of a stride-1 conv that pads nothing.

@@ -1,0 +1,21 @@
+"""Explainer.shap_values_for_heads: several head rules in one pass, each equal to its own explainer's values."""
+
+import numpy as np
+import pytest
+from trust_models import random_images, small_model
+
+from deepshap import Explainer
+from fashion_shap.trust.rules import RULES
+
+
+@pytest.mark.parametrize("classes", [None, np.array([[3, 1], [0, 9], [4, 4]])])
+def test_heads_in_one_pass_equal_each_rule_alone(classes):
+    model, images, background = small_model(), random_images(3, 0), random_images(7, 1)
+    explainers = {name: Explainer(model, output, rule, chunk_size=4) for name, (output, rule) in RULES.items()}
+    heads = {name: explainer.head for name, explainer in explainers.items()}
+    together = explainers["shap"].shap_values_for_heads(heads, images, background, classes)
+    assert list(together) == list(RULES)
+    for name, explainer in explainers.items():
+        alone = explainer.shap_values(images, background, classes)
+        assert together[name].shape == alone.shape
+        np.testing.assert_allclose(together[name], alone, rtol=0, atol=1e-6 * np.abs(alone).max())
