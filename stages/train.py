@@ -14,13 +14,20 @@ from fashion_shap.files import atomic_path
 from fashion_shap.model import build_model, read_architecture, save_weights, set_seed
 from fashion_shap.params import is_terminal, parse_paths, read_params, require_positive, run
 
+# Batches per call into TensorFlow's compiled training step: one call per batch spends more time in
+# Python and Keras' callbacks than in the lab's small model. The arithmetic, and so the weights'
+# bytes, is the same for any value (tests/test_train.py).
+STEPS_PER_EXECUTION = 32
 
-def compile_model(architecture: dict, learning_rate: float) -> keras.Model:
+
+def compile_model(architecture: dict, learning_rate: float, steps_per_execution: int = STEPS_PER_EXECUTION
+                  ) -> keras.Model:
     model = build_model(**architecture)
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
         loss=keras.losses.SparseCategoricalCrossentropy(),
         metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+        steps_per_execution=steps_per_execution,
     )
     return model
 

@@ -8,9 +8,9 @@ import pytest
 import yaml
 from conftest import write_params
 
-from fashion_shap.model import load_model
+from fashion_shap.model import load_model, set_seed
 from fashion_shap.params import PipelineError
-from stages.train import main
+from stages.train import STEPS_PER_EXECUTION, compile_model, main
 
 # One epoch on the synthetic data, whose class is a bright row band, classified all 60 test images
 # right for every train.seed from 1 to 10 (and 64-78 % of the training images while it learned them);
@@ -73,3 +73,21 @@ def test_learning_rate_written_as_1e_3_gets_a_hint(prepared, tmp_path, train_par
     write_params(tmp_path, train_params)
     with pytest.raises(PipelineError, match=r"train.learning_rate must be float, got '1e-3' \(write floats like 1.0e-3"):
         train_on_prepared(prepared, "model.weights.h5", "live")
+
+
+def test_several_batches_per_call_train_the_same_weights_as_one(prepared):
+    """STEPS_PER_EXECUTION is speed alone: with dropout (random masks) too, the weights are bit for bit those
+    of one batch per call."""
+    x, y = np.load(prepared / "data/train/x.npy"), np.load(prepared / "data/train/y.npy")
+    architecture = {"conv_filters": [4], "kernel_size": 3, "pool_size": 2, "padding": "valid", "dense_units": [8],
+                    "dropout": 0.3, "batch_norm": False}
+    weights = []
+    for steps in (1, STEPS_PER_EXECUTION):
+        keras.backend.clear_session()
+        set_seed(1)
+        model = compile_model(architecture, 1e-3, steps)
+        model.fit(x, y, batch_size=8, epochs=2, verbose=0)  # 25 batches an epoch: a partial last call too
+        weights.append(model.get_weights())
+    assert STEPS_PER_EXECUTION > 1
+    for one, many in zip(*weights):
+        assert one.tobytes() == many.tobytes()
