@@ -10,6 +10,8 @@ predicts for 16 and 64 cores. Needs the pipeline's outputs (`dvc repro`):
     python benchmarks/mistakes_ray.py
 """
 
+import fashion_shap  # noqa: F401, I001  first: it tunes OpenBLAS before NumPy loads it, as in the pipeline
+
 import argparse
 import os
 import platform
@@ -22,7 +24,6 @@ import numpy as np
 import ray
 from ray.util.actor_pool import ActorPool
 
-import deepshap  # noqa: F401  first: it tunes OpenBLAS before NumPy loads it, as in the pipeline
 from fashion_shap.data import load_split
 from fashion_shap.mistakes.concentration import find_mistakes
 from fashion_shap.mistakes.shards import RayWorker, connect, shard_bounds

@@ -5,8 +5,10 @@ on the real data:
 1. every stage of dvc.yaml, in its order, by `dvc repro --force --single-item <stage>`, as a user runs it
    (each run's time includes DVC's own start and the hashing of the stage's outputs);
 2. `dvc repro`, which then has nothing to do;
-3. `dvc exp run -S train.epochs=<epochs - 2>`: train and everything after it, timed whole and per
-   stage, each stage from its "Running stage" line to the next (or to the end).
+3. `dvc exp run --temp -n epochs-<n> -S train.epochs=<n>` (n: epochs - 2): train and everything after it,
+   in a copy of the workspace, timed whole and per stage, each stage from its "Running stage" line to
+   the next (or to the end). The workspace keeps the committed params' outputs, and the experiment
+   stays in the clone as epochs-<n>: with --workdir the clone is kept, to compare more experiments with.
 Time is wall clock. Peak memory is the largest sum of the resident set sizes (RSS) of the dvc process
 and all its descendants (the stage's Python, Ray's processes and workers), sampled every 0.2 s with
 psutil: a spike shorter than that can be missed, and pages shared between processes (libraries, Ray's
@@ -132,7 +134,8 @@ def measure(project: Path, epochs: int) -> list[tuple[str, float, int]]:
     rows.append(("lab alone (fetch to visualize)", sum(row[1] for row in lab), max(row[2] for row in lab)))
     nothing = run_measured(["dvc", "repro"], project)
     rows.append(("`dvc repro`, nothing to do", nothing["seconds"], nothing["peak"]))
-    experiment = run_measured(["dvc", "exp", "run", "-S", f"train.epochs={epochs}"], project)
+    experiment = run_measured(["dvc", "exp", "run", "--temp", "-n", f"epochs-{epochs}", "-S", f"train.epochs={epochs}"],
+                              project)
     rows.append(("epochs experiment", experiment["seconds"], experiment["peak"]))
     print(f"epochs experiment: {experiment['seconds']:.1f} s", flush=True)
     rows += [(f"experiment: {name}", figures["seconds"], figures["peak"])
@@ -155,11 +158,12 @@ def main() -> None:
     parser.add_argument("--out", help="the file the table replaces (default: benchmarks/results.md; none with --tiny)")
     parser.add_argument("--tiny", action="store_true", help="the tests' tiny synthetic project instead of a clone")
     parser.add_argument("--epochs-experiment", type=int, help="train.epochs of the experiment (default: epochs - 2)")
+    parser.add_argument("--workdir", type=Path, help="an empty folder to run in and keep (default: a temporary one)")
     args = parser.parse_args()
     out = args.out or (None if args.tiny else ROOT / "benchmarks" / "results.md")
 
     with tempfile.TemporaryDirectory(prefix="pipeline-benchmark-") as scratch:
-        project = Path(scratch) / "project"
+        project = args.workdir or Path(scratch) / "project"
         what = tiny_project(project) if args.tiny else clone(args.repo, project)
         epochs = yaml.safe_load((project / "params.yaml").read_text())["train"]["epochs"]
         experiment_epochs = args.epochs_experiment or (2 if args.tiny else epochs - 2)

@@ -88,6 +88,12 @@ def save_json(path: Path, data: dict) -> None:
         temporary.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
+def update_json(path: Path, values: dict) -> None:
+    """Write values into the JSON object at path, keeping its other keys (a file several stages write to)."""
+    current = json.loads(Path(path).read_text()) if Path(path).is_file() else {}
+    save_json(path, {**current, **values})
+
+
 def save_csv(path: Path, rows: list[dict]) -> None:
     """Write rows (dicts with the same keys, the header) as CSV: floats to 6 significant digits."""
     with atomic_path(path) as temporary, open(temporary, "w", newline="") as file:

@@ -1,8 +1,9 @@
 """Evaluate the trained model on the test set.
 
 Reads: the model's weights and the test directory written by preprocess.
-Writes: metrics JSON (accuracy, loss, accuracy per class) and a CSV of (actual, predicted)
-class names per test image, which `dvc plots` draws as a confusion matrix.
+Writes: metrics JSON (the test accuracy and loss, the headline), a report JSON (the same, and the
+accuracy per class) and a CSV of (actual, predicted) class names per test image, which `dvc plots`
+draws as a confusion matrix.
 """
 
 import numpy as np
@@ -31,20 +32,26 @@ def test_metrics(probabilities: np.ndarray, labels: np.ndarray) -> dict:
     }
 
 
+def headline(report: dict) -> dict:
+    """Return the metrics a person compares across experiments, rounded as `dvc exp show` prints them."""
+    return {"accuracy": round(report["accuracy"], 4), "loss": round(report["loss"], 4)}
+
+
 def main(argv: list[str] | None = None) -> None:
-    model_path, test_dir, metrics_path, confusion_path = parse_paths(
-        "evaluate", __doc__, ["model", "test_dir", "metrics", "confusion"], argv
+    model_path, test_dir, metrics_path, report_path, confusion_path = parse_paths(
+        "evaluate", __doc__, ["model", "test_dir", "metrics", "report", "confusion"], argv
     )
 
     x_test, y_test = load_split(test_dir)
     model = load_model(model_path)
     probabilities = model.predict(x_test, verbose=0)
 
-    metrics = test_metrics(probabilities, y_test)
-    save_json(metrics_path, metrics)
+    report = test_metrics(probabilities, y_test)
+    save_json(metrics_path, headline(report))
+    save_json(report_path, report)
     predicted = probabilities.argmax(axis=1)
     save_csv(confusion_path, [{"actual": CLASS_NAMES[a], "predicted": CLASS_NAMES[p]} for a, p in zip(y_test, predicted)])
-    print(f"evaluate: test accuracy {metrics['accuracy']:.4f}, loss {metrics['loss']:.4f}")
+    print(f"evaluate: test accuracy {report['accuracy']:.4f}, loss {report['loss']:.4f}")
 
 
 if __name__ == "__main__":

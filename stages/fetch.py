@@ -1,9 +1,10 @@
 """Fetch the four original Fashion-MNIST IDX files, verified by the SHA-256 of their content.
 
-Offline first: the files are taken from the first of params' search_dirs that holds them (by
-default where Debian's dataset-fashion-mnist package installs them, then Keras' dataset cache),
-and downloaded from params' url only when no directory has them.
+Offline first: the files are taken from the first of the source's search_dirs that holds them
+(by default where Debian's dataset-fashion-mnist package installs them, then Keras' dataset
+cache), and downloaded from its url only when no directory has them.
 
+Reads: the data's source, a YAML file (search_dirs, url, and the SHA-256 of each file's content).
 Writes: the four .gz files, byte for byte as found, into the output directory.
 """
 
@@ -19,7 +20,7 @@ from fashion_shap.params import PipelineError, parse_paths, read_params, run
 DOWNLOAD_TIMEOUT = 60  # seconds without an answer before a download is given up
 OFFLINE_HINT = (
     "to work offline, install the data with 'apt-get install dataset-fashion-mnist' "
-    "or copy the four .gz files into one of fetch.search_dirs"
+    "or copy the four .gz files into one of the search_dirs of data/fashion-mnist.yaml"
 )
 
 
@@ -66,13 +67,13 @@ def fetch(name: str, expected: str, search_dirs: list[str], url: str, output_dir
 
 
 def main(argv: list[str] | None = None) -> None:
-    params = read_params("fetch", {"search_dirs": list, "url": str, "sha256": dict})
-    (output_dir,) = parse_paths("fetch", __doc__, ["raw_dir"], argv)
+    source_path, output_dir = parse_paths("fetch", __doc__, ["source", "raw_dir"], argv)
+    source = read_params(None, {"search_dirs": list, "url": str, "sha256": dict}, source_path)
 
     output_dir.mkdir(parents=True, exist_ok=True)
-    for base_name, expected in params["sha256"].items():
+    for base_name, expected in source["sha256"].items():
         name = f"{base_name}.gz"
-        origin = fetch(name, expected, params["search_dirs"], params["url"], output_dir)
+        origin = fetch(name, expected, source["search_dirs"], source["url"], output_dir)
         print(f"fetch: {name} from {origin}, SHA-256 verified")
 
 

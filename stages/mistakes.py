@@ -10,10 +10,11 @@ Ray (fashion_shap/mistakes/shards.py).
 Reads: the model's weights, the background and the test directory.
 Writes: a directory (shap_values.npy (mistakes, 28, 28, 1, 2), whose last axis holds the true class
 then the predicted one; test_indices.npy, true_classes.npy, predicted_classes.npy), metrics JSON
-and a PNG of the most frequent confusion pairs: example maps, and the pair's mean map of
+(the headline: how many mistakes), a report JSON (their error rate, count per pair, and how
+concentrated the most frequent pairs' maps are) and a PNG of the most frequent confusion pairs: example maps, and the pair's mean map of
 (predicted class minus true class).
 
-Concentration, in the metrics: see fashion_shap/mistakes/concentration.py.
+Concentration, in the report: see fashion_shap/mistakes/concentration.py.
 """
 
 import numpy as np
@@ -26,7 +27,7 @@ from fashion_shap.mistakes.concentration import channel_sums, find_mistakes, mis
 from fashion_shap.mistakes.figure import pairs_figure
 from fashion_shap.mistakes.shards import check_reachable, explain_on_ray
 from fashion_shap.model import load_model
-from fashion_shap.params import parse_paths, read_params, require_positive, run
+from fashion_shap.params import parse_paths, read_params, require_at_most, require_positive, run
 
 
 def read_settings() -> tuple[dict, dict]:
@@ -46,14 +47,16 @@ def read_settings() -> tuple[dict, dict]:
 
 def main(argv: list[str] | None = None) -> None:
     settings, params = read_settings()
-    model_path, background_path, test_dir, output_dir, metrics_path, figure_path = parse_paths(
-        "mistakes", __doc__, ["model", "background", "test_dir", "mistakes_dir", "metrics", "figure"], argv
+    model_path, background_path, test_dir, output_dir, metrics_path, report_path, figure_path = parse_paths(
+        "mistakes", __doc__, ["model", "background", "test_dir", "mistakes_dir", "metrics", "report", "figure"], argv
     )
 
     model = load_model(model_path)
     # Fails here, in one line, if the fast engine cannot take the model.
     make_explainer(model, settings["engine"], settings["output"], settings["softmax_rule"], settings["chunk_size"])
-    background = np.load(background_path, mmap_mode="r")[: params["background_size"]]
+    background = np.load(background_path, mmap_mode="r")
+    require_at_most("mistakes.background_size", params["background_size"], len(background), "the background")
+    background = background[: params["background_size"]]
     x_test, y_test = load_split(test_dir)
     indices, classes = find_mistakes(model.predict(x_test, verbose=0), y_test)
     images = x_test[indices]
@@ -64,13 +67,14 @@ def main(argv: list[str] | None = None) -> None:
                             params["shard_size"])
     maps = channel_sums(values)
     pairs = top_pairs(classes, params["top_pairs"])
-    metrics = mistake_metrics(classes, maps, pairs, len(x_test))
+    report = mistake_metrics(classes, maps, pairs, len(x_test))
 
     save_arrays(output_dir, {"shap_values": values, "test_indices": indices, "true_classes": classes[:, 0],
                              "predicted_classes": classes[:, 1]})
-    save_json(metrics_path, metrics)
+    save_json(metrics_path, {"mistakes": report["mistakes"]})
+    save_json(report_path, report)
     save_figure(pairs_figure(images, classes, maps, indices, pairs), figure_path)
-    counts = ", ".join(f"{name}: {top['mistakes']}" for name, top in metrics["top_pairs"].items())
+    counts = ", ".join(f"{name}: {top['mistakes']}" for name, top in report["top_pairs"].items())
     print(f"mistakes: the most frequent pairs, {counts}")
 
 

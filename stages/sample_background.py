@@ -8,16 +8,12 @@ import numpy as np
 
 from fashion_shap.data import load_split
 from fashion_shap.files import save_npy
-from fashion_shap.params import PipelineError, parse_paths, read_params, require_positive, run
+from fashion_shap.params import parse_paths, read_params, require_at_most, require_positive, run
 
 
 def sample_background(images: np.ndarray, size: int, seed: int) -> np.ndarray:
     """Return size images drawn at random without replacement, in the order drawn."""
-    if size > len(images):
-        raise PipelineError(
-            f"sample_background.size is {size}, but the training set has only {len(images)} images; "
-            f"lower it in params.yaml"
-        )
+    require_at_most("sample_background.size", size, len(images), "the training set")
     rng = np.random.default_rng(seed)
     return images[rng.choice(len(images), size=size, replace=False)]
 

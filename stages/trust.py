@@ -18,8 +18,10 @@ The first few test images of each class, their predicted class's map only, are c
 
 Reads: the model's weights, the background, the train directory (for the disjoint backgrounds and
 the mean Pullover) and the test directory.
-Writes: metrics JSON, the deletion and convergence curves as CSV, a PNG of the randomization check
-and a PNG of maps from two disjoint backgrounds side by side.
+Writes: metrics JSON, the headline: per rule, the relative L2 distance between the maps from the
+pipeline's background and a disjoint one of its size; a report JSON with every check's figures; the
+deletion and convergence curves as CSV; a PNG of the randomization check and a PNG of maps from two
+disjoint backgrounds side by side.
 """
 
 import numpy as np
@@ -29,7 +31,15 @@ from fashion_shap.data import CLASS_NAMES, first_of_each_class, load_split
 from fashion_shap.figures import save_figure
 from fashion_shap.files import save_csv, save_json
 from fashion_shap.model import load_model
-from fashion_shap.params import PipelineError, check_type, parse_paths, read_params, require_positive, run
+from fashion_shap.params import (
+    PipelineError,
+    check_type,
+    parse_paths,
+    read_params,
+    require_at_most,
+    require_positive,
+    run,
+)
 from fashion_shap.readings import PULLOVER, T_SHIRT, diagonal_share, sleeve_pixels
 from fashion_shap.trust.claims import claims_summary, claims_test
 from fashion_shap.trust.completeness import completeness
@@ -66,9 +76,12 @@ def read_trust_params() -> dict:
     return params
 
 
-def check_pool(params: dict, pool_size: int, compared: int) -> None:
-    """Fail with one line unless the training images outside the background suffice for the disjoint
-    backgrounds, and the convergence curve has two sizes to fit a slope to."""
+def check_pool(params: dict, pool_size: int, compared: int, background_size: int) -> None:
+    """Fail with one line unless the background holds the first images the diagnostics and the randomization
+    check take, the training images outside it suffice for the disjoint backgrounds, and the convergence
+    curve has two sizes to fit a slope to."""
+    for key in ("diagnostics_size", "randomization_background"):
+        require_at_most(f"trust.{key}", params[key], background_size, "the background")
     for size in params["convergence_sizes"]:
         if 2 * size > pool_size:
             raise PipelineError(
@@ -86,14 +99,14 @@ def check_pool(params: dict, pool_size: int, compared: int) -> None:
         )
 
 
-def print_summary(metrics: dict) -> None:
+def print_summary(report: dict) -> None:
     """Print one line per rule: its convergence, deletion area and readings."""
     for name in RULES:
-        convergence, readings = metrics["convergence"][name], metrics["readings"][name]
+        convergence, readings = report["convergence"][name], report["readings"][name]
         held = ", ".join(f"{reading} {summary['held']}" for reading, summary in readings.items())
         print(f"trust: {name} rule: background distance {convergence['relative_l2']:.3f} (slope "
-              f"{convergence['slope']:.2f}), deletion AUC {metrics['deletion'][name]['auc_rule_order']:.3f}, "
-              f"readings held {held} of {metrics['readings']['backgrounds']}")
+              f"{convergence['slope']:.2f}), deletion AUC {report['deletion'][name]['auc_rule_order']:.3f}, "
+              f"readings held {held} of {report['readings']['backgrounds']}")
 
 
 def lab_sleeves(t_shirt: np.ndarray, x_train: np.ndarray, y_train: np.ndarray, params: dict) -> np.ndarray:
@@ -123,10 +136,10 @@ def convergence_check(explainers: dict, background: np.ndarray, pool: np.ndarray
 
 def measure(model, background: np.ndarray, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
             y_test: np.ndarray, params: dict) -> tuple[dict, dict]:
-    """Run every check; return (the metrics, what the CSV files and figures draw)."""
+    """Run every check; return (the report, what the CSV files and figures draw)."""
     pool = images_outside(x_train, background)
     compared = min(len(background), len(pool))
-    check_pool(params, len(pool), compared)
+    check_pool(params, len(pool), compared, len(background))
     per_class = params["images_per_class"]
     images = first_of_each_class(x_test, y_test, per_class)
     lab = np.arange(0, len(images), per_class)  # the lab's ten images, the first of each class
@@ -150,7 +163,7 @@ def measure(model, background: np.ndarray, x_train: np.ndarray, y_train: np.ndar
     backgrounds = disjoint_backgrounds(pool, params["readings_size"], params["readings_backgrounds"], rng)
     claims = claims_test(explainers, lab_images, probabilities[lab], labels, backgrounds, pixels)
 
-    metrics = {
+    report = {
         "images": len(images),
         "completeness": completeness(explainers, values, lab_images, background),
         "convergence": convergence_metrics(curve, len(background), compared, len(lab_images)),
@@ -170,14 +183,20 @@ def measure(model, background: np.ndarray, x_train: np.ndarray, y_train: np.ndar
         "backgrounds": (lab_images[shown], {name: v[shown] for name, v in values.items()},
                         {name: v[shown] for name, v in other.items()}, predicted[lab][shown]),
     }
-    return metrics, drawn
+    return report, drawn
+
+
+def headline(report: dict) -> dict:
+    """Return the metrics a person compares across experiments: per rule, how far apart its maps from two
+    disjoint backgrounds of the pipeline's size are (README, "Which rule to trust")."""
+    return {name: {"l2": round(report["convergence"][name]["relative_l2"], 4)} for name in RULES}
 
 
 def main(argv: list[str] | None = None) -> None:
     params = read_trust_params()
-    (model_path, background_path, train_dir, test_dir, metrics_path, deletion_path, convergence_path,
+    (model_path, background_path, train_dir, test_dir, metrics_path, report_path, deletion_path, convergence_path,
      randomization_path, backgrounds_path) = parse_paths("trust", __doc__, [
-        "model", "background", "train_dir", "test_dir", "metrics", "deletion_csv", "convergence_csv",
+        "model", "background", "train_dir", "test_dir", "metrics", "report", "deletion_csv", "convergence_csv",
         "randomization_png", "backgrounds_png",
     ], argv)
 
@@ -187,9 +206,10 @@ def main(argv: list[str] | None = None) -> None:
     background = np.load(background_path)
     x_train, y_train = load_split(train_dir)
     x_test, y_test = load_split(test_dir)
-    metrics, drawn = measure(model, background, x_train, y_train, x_test, y_test, params)
+    report, drawn = measure(model, background, x_train, y_train, x_test, y_test, params)
 
-    save_json(metrics_path, metrics)
+    save_json(metrics_path, headline(report))
+    save_json(report_path, report)
     save_csv(deletion_path, [
         {"fraction_removed": fraction, **{name: curves[:, step].mean() for name, curves in drawn["deletion"].items()}}
         for step, fraction in enumerate(np.linspace(0, 1, params["deletion_steps"] + 1))
@@ -197,7 +217,7 @@ def main(argv: list[str] | None = None) -> None:
     save_csv(convergence_path, sorted(drawn["curve"], key=lambda row: row["background_size"]))
     save_figure(randomization_figure(*drawn["randomization"]), randomization_path)
     save_figure(backgrounds_figure(*drawn["backgrounds"], drawn["compared"]), backgrounds_path)
-    print_summary(metrics)
+    print_summary(report)
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TRAIN_SIZE = 200
 TEST_SIZE = 60
 BACKGROUND_SIZE = 20
+SOURCE = "data/fashion-mnist.yaml"  # where the fetch stage reads the data's source, as dvc.yaml says
 
 # Quiet TensorFlow in the stages the tests start.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -84,12 +85,17 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.xdist_group("ray"))
 
 
-def tiny_params(search_dir: Path, hashes: dict[str, str]) -> dict:
-    """Return params.yaml's content, pointed at the synthetic files and shrunk for speed."""
+def write_source(directory: Path, search_dir: Path, hashes: dict[str, str], url: str = "http://127.0.0.1:9/") -> None:
+    """Write the data's source (SOURCE) pointed at the synthetic files; by default at a url where nothing
+    listens, so that no test downloads by accident."""
+    source = {"search_dirs": [str(search_dir)], "url": url, "sha256": hashes}
+    (directory / SOURCE).parent.mkdir(parents=True, exist_ok=True)
+    (directory / SOURCE).write_text(yaml.safe_dump(source, sort_keys=False))
+
+
+def tiny_params() -> dict:
+    """Return params.yaml's content, shrunk for speed."""
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["fetch"]["search_dirs"] = [str(search_dir)]
-    params["fetch"]["url"] = "http://127.0.0.1:9/"  # nothing listens there: no test downloads by accident
-    params["fetch"]["sha256"] = hashes
     params["train"]["epochs"] = 1
     params["sample_background"]["size"] = BACKGROUND_SIZE
     params["trust"].update(
@@ -98,7 +104,8 @@ def tiny_params(search_dir: Path, hashes: dict[str, str]) -> dict:
     )
     # Every mistake in one shard: explained in the stage's process, no Ray to start (tests/test_mistakes.py
     # runs the stage on Ray).
-    params["mistakes"].update(background_size=BACKGROUND_SIZE, shard_size=10_000, chunk_size=10)
+    # background_size: half the background, so that an experiment may halve sample_background.size.
+    params["mistakes"].update(background_size=BACKGROUND_SIZE // 2, shard_size=10_000, chunk_size=10)
     return params
 
 
@@ -175,7 +182,8 @@ def raw_files(tmp_path_factory) -> tuple[Path, dict[str, str]]:
 @pytest.fixture
 def workdir(tmp_path, raw_files) -> Path:
     """A directory with tiny params.yaml, where single stages run."""
-    write_params(tmp_path, tiny_params(*raw_files))
+    write_params(tmp_path, tiny_params())
+    write_source(tmp_path, *raw_files)
     return tmp_path
 
 
@@ -189,10 +197,11 @@ def prepared(tmp_path_factory, raw_files) -> Path:
     from stages import fetch, preprocess, sample_background, train
 
     directory = tmp_path_factory.mktemp("prepared")
-    write_params(directory, tiny_params(*raw_files))
+    write_params(directory, tiny_params())
+    write_source(directory, *raw_files)
     with pytest.MonkeyPatch.context() as monkeypatch:
         monkeypatch.chdir(directory)  # where the stages read params.yaml
-        fetch.main(["data/raw"])
+        fetch.main([SOURCE, "data/raw"])
         preprocess.main(["data/raw", "data/train", "data/test"])
         train.main(["data/train", "data/test", "models/model.weights.h5", "metrics/train"])
         sample_background.main(["data/train", "data/background.npy"])
@@ -208,7 +217,7 @@ def explained(prepared) -> Path:
         monkeypatch.chdir(prepared)
         explain.main([
             "models/model.weights.h5", "data/background.npy", "data/test", "data/explanations",
-            "metrics/explain.json", "metrics/timing.json",
+            "metrics/explain.json", "reports/explain.json", "metrics/timing.json",
         ])
     return prepared
 
@@ -220,7 +229,8 @@ def init_project(directory: Path, raw_files: tuple[Path, dict[str, str]]) -> Pat
     for package in sorted({name.split(".")[0] for name in packages}):  # subpackages travel with their parent
         shutil.copytree(ROOT / package, directory / package, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "dvc.yaml", directory / "dvc.yaml")
-    write_params(directory, tiny_params(*raw_files))
+    write_params(directory, tiny_params())
+    write_source(directory, *raw_files)
     git("init", "-q", "-b", "main", cwd=directory)
     git("config", "user.email", "tests@example.com", cwd=directory)
     git("config", "user.name", "tests", cwd=directory)

@@ -11,7 +11,7 @@ from fashion_shap.mistakes.concentration import find_mistakes
 from fashion_shap.model import load_model
 
 ARGS = ["models/model.weights.h5", "data/background.npy", "data/test", "out/mistakes", "out/mistakes.json",
-        "out/mistakes.png"]
+        "out/report.json", "out/mistakes.png"]
 SETTINGS = {"engine": "fast", "output": "probability", "softmax_rule": "shap", "chunk_size": 10}
 IMAGES = 16  # test images, all mistakes once relabelled
 PARAMS = {"background_size": 10, "ray_address": "", "shard_size": 4, "chunk_size": 10, "top_pairs": 2}

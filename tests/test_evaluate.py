@@ -1,4 +1,4 @@
-"""evaluate: test accuracy, loss, accuracy per class and the confusion-matrix CSV."""
+"""evaluate: test accuracy and loss (the headline), accuracy per class (the report) and the confusion-matrix CSV."""
 
 import csv
 import json
@@ -26,9 +26,12 @@ def test_metrics_of_known_probabilities():
 
 def test_the_trained_model_recognises_every_synthetic_class(prepared, tmp_path):
     main([str(prepared / "models/model.weights.h5"), str(prepared / "data/test"),
-          str(tmp_path / "evaluate.json"), str(tmp_path / "confusion.csv")])
-    metrics = json.loads((tmp_path / "evaluate.json").read_text())
+          str(tmp_path / "evaluate.json"), str(tmp_path / "report.json"), str(tmp_path / "confusion.csv")])
+    metrics = json.loads((tmp_path / "report.json").read_text())
     assert metrics["accuracy"] >= LEARNED
+    # The headline, for `dvc exp show`: accuracy and loss alone, rounded to 4 digits.
+    headline = json.loads((tmp_path / "evaluate.json").read_text())
+    assert headline == {"accuracy": round(metrics["accuracy"], 4), "loss": round(metrics["loss"], 4)}
     assert set(metrics["per_class_accuracy"]) == set(CLASS_NAMES)
     assert min(metrics["per_class_accuracy"].values()) >= 0.5  # no class left to chance
 

@@ -1,6 +1,8 @@
-"""Experiments on the tiny pipeline with the real `dvc`: the queue, `dvc exp`, branches, a remote."""
+"""Experiments on the tiny pipeline with the real `dvc`: the README's compare loop (queue, show, diff, branch),
+the model as an artifact, a remote."""
 
 import json
+import os
 import shutil
 import subprocess
 import time
@@ -9,12 +11,19 @@ from pathlib import Path
 from typing import NamedTuple
 
 import pytest
+import yaml
 from conftest import declared_outs, dvc, git, pipeline_stages, stages_run
 
 pytestmark = pytest.mark.slow
 
-# Two experiments, run from the queue two at a time: one reruns most of the pipeline, one a single stage.
-EXPERIMENTS = {"seed-2": "train.seed=2", "deletion-4": "trust.deletion_steps=4"}
+# The README's loop, on the tiny data: an epochs change (train and all after it), the Shapley rule (explain
+# and what reads it), a smaller background (sample_background and all after it); two at a time.
+EXPERIMENTS = {"epochs-2": "train.epochs=2", "shapley": "explain.softmax_rule=shapley", "bg-10": "sample_background.size=10"}
+# The README's compare command, and the headline metrics it must show whether or not they changed.
+COMPARE = ["exp", "show", "--no-pager", "--only-changed", "--drop", "Created|State|Executor|data/|models/",
+           "--keep", "accuracy|loss|diagonal|additivity_ppm|explain_s|.*\\.l2|mistakes"]
+HEADLINE = ["accuracy", "loss", "diagonal", "additivity_ppm", "explain_s", "shap.l2", "shapley.l2", "logit.l2",
+            "mistakes"]
 
 
 class QueueRun(NamedTuple):
@@ -76,52 +85,79 @@ def experiments(project) -> dict[str, dict]:
     return {"baseline": baseline["data"], **found}
 
 
-def test_two_queued_experiments_run_at_the_same_time_and_both_show(queued):
+def test_queued_experiments_run_two_at_a_time_and_each_carries_its_headline_and_time(queued):
     assert queued.status == dict.fromkeys(EXPERIMENTS, "Success")
     assert queued.running_at_once == 2
     shown = experiments(queued.project)
     assert set(shown) == {"baseline", *EXPERIMENTS}
-    assert shown["seed-2"]["params"]["params.yaml"]["data"]["train"]["seed"] == 2
-    assert shown["deletion-4"]["params"]["params.yaml"]["data"]["trust"]["deletion_steps"] == 4
+    assert shown["epochs-2"]["params"]["params.yaml"]["data"]["train"]["epochs"] == 2
+    assert shown["shapley"]["params"]["params.yaml"]["data"]["explain"]["softmax_rule"] == "shapley"
+    times = {}
+    for name, data in shown.items():
+        metrics = {path: content["data"] for path, content in data["metrics"].items()}
+        assert sum(len(leaves(content)) for content in metrics.values()) <= 20
+        times[name] = metrics["metrics/timing.json"]["explain_s"]  # each row its own run's time, no "!"
+    assert all(seconds > 0 for seconds in times.values()) and len(set(times.values())) > 1
+
+
+def leaves(data: dict) -> list:
+    return [leaf for value in data.values() for leaf in (leaves(value) if isinstance(value, dict) else [value])]
+
+
+def test_the_compare_command_shows_every_changed_param_and_headline_metric_in_200_columns(queued):
+    result = subprocess.run(["dvc", *COMPARE], cwd=queued.project, capture_output=True, text=True, check=True,
+                            env={**os.environ, "COLUMNS": "200"})
+    lines = result.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 200 and "…" not in result.stdout, result.stdout  # no column cut
+    header = lines[1].split()
+    assert header == ["Experiment", *HEADLINE, "train.epochs", "explain.softmax_rule", "sample_background.size"]
+    rows = [line.split() for line in lines[3:-1]]  # between the header's rule and the closing one
+    assert len(rows) == 2 + len(EXPERIMENTS)  # the workspace, main and the experiments
+    for row in rows:
+        assert all(float(number) >= 0 for number in row[-len(HEADLINE) - 3 : -3])  # numbers, not "-" or "!"
 
 
 @pytest.mark.parametrize(
     ("name", "reruns"),
     [
-        ("seed-2", {"train", "evaluate", "explain", "visualize", "trust", "mistakes"}),
-        ("deletion-4", {"trust"}),
+        ("epochs-2", {"train", "evaluate", "explain", "visualize", "trust", "mistakes"}),
+        ("shapley", {"explain", "visualize", "mistakes"}),
+        ("bg-10", {"sample_background", "explain", "visualize", "trust", "mistakes"}),
     ],
 )
 def test_an_experiment_runs_exactly_the_stages_its_param_reaches(queued, name, reruns):
     assert set(stages_run(queued.logs[name])) == reruns
 
 
-def test_another_seed_changes_the_model_and_what_reads_it_but_not_the_data(queued):
+def test_more_epochs_change_the_model_and_what_reads_it_but_not_the_data(queued):
     shown = experiments(queued.project)
     before, after = (
-        {path: out["hash"] for path, out in shown[name]["outs"].items()} for name in ("baseline", "seed-2")
+        {path: out["hash"] for path, out in shown[name]["outs"].items()} for name in ("baseline", "epochs-2")
     )
     stages = pipeline_stages(queued.project)
     data = [out for name in ("fetch", "preprocess", "sample_background") for out in declared_outs(stages[name])]
     assert all(after[path] == before[path] for path in data)
     # The model, and what is computed from it; not plots/reference.png (training images only), nor the
     # confusion matrix, which can be the same for two models that both classify every test image right.
-    for path in ("models/model.weights.h5", "metrics/train", "metrics/evaluate.json", "data/explanations",
-                 "plots/shap.png", "metrics/trust.json", "plots/trust"):
+    for path in ("models/model.weights.h5", "metrics/train", "reports/evaluate.json", "data/explanations",
+                 "plots/shap.png", "reports/trust.json", "plots/trust"):
         assert after[path] != before[path], path
 
 
-def test_an_experiment_becomes_a_branch_to_compare_with_main(queued):
+def test_two_experiments_diff_and_the_best_becomes_a_branch_to_compare_with_main(queued):
     project = queued.project
-    dvc("exp", "branch", "seed-2", "other", cwd=project)
+    diff = json.loads(dvc("exp", "diff", "shapley", "epochs-2", "--json", cwd=project).stdout)
+    assert {"train.epochs", "explain.softmax_rule"} <= set(diff["params"]["params.yaml"])
+    assert "loss" in diff["metrics"]["metrics/evaluate.json"]  # `dvc exp diff` lists what changed
 
+    dvc("exp", "branch", "epochs-2", "other", cwd=project)
     params = json.loads(dvc("params", "diff", "main", "other", "--json", cwd=project).stdout)["params.yaml"]
-    assert set(params) == {"train.seed"}
-    assert (params["train.seed"]["old"], params["train.seed"]["new"]) == (1, 2)
+    assert set(params) == {"train.epochs"}
+    assert (params["train.epochs"]["old"], params["train.epochs"]["new"]) == (1, 2)
 
     metrics = json.loads(dvc("metrics", "diff", "main", "other", "--json", cwd=project).stdout)
     assert metrics["metrics/evaluate.json"]["loss"]["new"] != metrics["metrics/evaluate.json"]["loss"]["old"]
-    assert "additivity_error" in metrics["metrics/explain.json"]
+    assert "explain_s" in metrics["metrics/timing.json"]
 
     dvc("plots", "diff", "main", "other", "-o", "compared", cwd=project)
     page = (project / "compared/index.html").read_text()
@@ -149,3 +185,24 @@ def test_remote_push_and_pull_restore_every_output_bit_for_bit(project, tmp_path
     for path, content in originals.items():
         assert (project / path).read_bytes() == content
     assert dvc("status", "--json", cwd=project).stdout.strip() == "{}"
+
+
+def test_the_model_is_an_artifact_that_dvc_artifacts_get_fetches_from_a_clone(project, tmp_path):
+    dvc("remote", "add", "-d", "shared", str(tmp_path / "remote"), cwd=project)
+    git("commit", "-q", "-am", "a shared remote", cwd=project)
+    dvc("push", cwd=project)
+    # A model registry's version of the artifact: a git tag <name>@v<semver>, as `gto register` makes.
+    git("tag", "-a", "fashion-cnn@v1.0.0", "-m", "fashion-cnn v1.0.0", cwd=project)
+    fetched = tmp_path / "fetched"
+    fetched.mkdir()
+    dvc("artifacts", "get", str(project), "fashion-cnn", "-o", "model.weights.h5", cwd=fetched)
+    assert (fetched / "model.weights.h5").read_bytes() == (project / "models/model.weights.h5").read_bytes()
+    declared = yaml.safe_load((project / "dvc.yaml").read_text())["artifacts"]["fashion-cnn"]
+    assert declared["type"] == "model" and "conv2d-32-3x3-relu" in declared["labels"]
+
+
+def test_a_plain_exp_run_with_a_changed_param_runs_end_to_end_and_shows(project):
+    result = dvc("exp", "run", "-n", "top-pairs-2", "-S", "mistakes.top_pairs=2", cwd=project)
+    assert stages_run(result.stdout) == ["mistakes"]
+    shown = experiments(project)
+    assert shown["top-pairs-2"]["params"]["params.yaml"]["data"]["mistakes"]["top_pairs"] == 2

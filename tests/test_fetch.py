@@ -7,7 +7,7 @@ from contextlib import contextmanager
 
 import pytest
 import yaml
-from conftest import assert_one_line_error, run_stage, write_params
+from conftest import SOURCE, assert_one_line_error, run_stage
 
 from fashion_shap.params import PipelineError
 from stages.fetch import main
@@ -15,15 +15,19 @@ from stages.fetch import main
 NAMES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
 
 
-def read_params(directory):
-    return yaml.safe_load((directory / "params.yaml").read_text())
+def read_source(directory) -> dict:
+    return yaml.safe_load((directory / SOURCE).read_text())
+
+
+def write_source(directory, source: dict) -> None:
+    (directory / SOURCE).write_text(yaml.safe_dump(source, sort_keys=False))
 
 
 def fetch_error(directory, monkeypatch) -> str:
     """Run the stage in-process in directory, which must fail; return its one-line error."""
     monkeypatch.chdir(directory)
     with pytest.raises(PipelineError) as caught:
-        main(["out"])
+        main([SOURCE, "out"])
     message = str(caught.value)
     assert "\n" not in message
     return message
@@ -35,11 +39,11 @@ def assert_nothing_written(directory):
 
 
 def use_search_dir(directory, search_dir, url=None):
-    params = read_params(directory)
-    params["fetch"]["search_dirs"] = [str(search_dir)]
+    source = read_source(directory)
+    source["search_dirs"] = [str(search_dir)]
     if url is not None:
-        params["fetch"]["url"] = url
-    write_params(directory, params)
+        source["url"] = url
+    write_source(directory, source)
 
 
 def write_truncated_copies(raw_dir, directory):
@@ -67,17 +71,17 @@ def serving(directory):
 def test_copies_verified_files_from_the_first_search_dir(workdir, raw_files, monkeypatch, capsys):
     raw_dir, _ = raw_files
     monkeypatch.chdir(workdir)
-    main(["out"])
+    main([SOURCE, "out"])
     for name in NAMES:
         assert (workdir / "out" / f"{name}.gz").read_bytes() == (raw_dir / f"{name}.gz").read_bytes()
     assert capsys.readouterr().out.count("SHA-256 verified") == 4
 
 
 def test_wrong_hash_names_file_and_hashes_and_leaves_nothing(workdir, monkeypatch):
-    params = read_params(workdir)
-    good = params["fetch"]["sha256"]["t10k-labels-idx1-ubyte"]
-    params["fetch"]["sha256"]["t10k-labels-idx1-ubyte"] = "0" * 64
-    write_params(workdir, params)
+    source = read_source(workdir)
+    good = source["sha256"]["t10k-labels-idx1-ubyte"]
+    source["sha256"]["t10k-labels-idx1-ubyte"] = "0" * 64
+    write_source(workdir, source)
     error = fetch_error(workdir, monkeypatch)
     for fragment in ("t10k-labels-idx1-ubyte.gz", good, "0" * 64, "dataset-fashion-mnist"):
         assert fragment in error
@@ -91,7 +95,7 @@ def test_corrupt_file_is_a_one_line_error_on_the_command_line(workdir, tmp_path_
     for name in NAMES:
         (broken / f"{name}.gz").write_bytes(b"not gzip at all")
     use_search_dir(workdir, broken)
-    result = run_stage("fetch", "out", cwd=workdir, check=False)
+    result = run_stage("fetch", SOURCE, "out", cwd=workdir, check=False)
     assert_one_line_error(result, "not a readable gzip file")
     assert_nothing_written(workdir)
 
@@ -102,7 +106,7 @@ def test_truncated_file_is_named_where_the_user_must_replace_it(workdir, raw_fil
     write_truncated_copies(raw_dir, truncated)
     use_search_dir(workdir, truncated)
     error = fetch_error(workdir, monkeypatch)
-    # The first file fetched is the first of params' sha256 keys.
+    # The first file fetched is the first of the source's sha256 keys.
     assert error.startswith(f"{truncated / NAMES[0]}.gz is not a readable gzip file")
     assert "replace it with the original file" in error
     assert ".tmp" not in error
@@ -126,7 +130,7 @@ def test_downloads_when_no_search_dir_has_the_files(workdir, raw_files, tmp_path
     with serving(raw_dir) as url:
         use_search_dir(workdir, tmp_path / "empty", url=url)
         monkeypatch.chdir(workdir)
-        main(["out"])
+        main([SOURCE, "out"])
     assert url in capsys.readouterr().out
     for name in NAMES:
         assert (workdir / "out" / f"{name}.gz").read_bytes() == (raw_dir / f"{name}.gz").read_bytes()
@@ -139,8 +143,8 @@ def test_no_local_copy_and_no_network_says_how_to_work_offline(workdir, tmp_path
     assert_nothing_written(workdir)
 
 
-def test_missing_param_is_named(workdir, monkeypatch):
-    params = read_params(workdir)
-    del params["fetch"]["url"]
-    write_params(workdir, params)
-    assert "fetch.url" in fetch_error(workdir, monkeypatch)
+def test_missing_key_of_the_source_is_named_with_its_file(workdir, monkeypatch):
+    source = read_source(workdir)
+    del source["url"]
+    write_source(workdir, source)
+    assert fetch_error(workdir, monkeypatch) == f"{SOURCE} is missing the key url; add it (see README)"

@@ -9,21 +9,23 @@ import os
 import re
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import psutil
 import pytest
 import yaml
-from conftest import ROOT, assert_one_line_error, run_stage
+from conftest import ROOT, assert_one_line_error, dvc, run_stage, set_param
 from mistakes_data import ARGS, IMAGES, SETTINGS, copy_with, inputs
 
-from fashion_shap.mistakes.shards import explain_in_process
+from fashion_shap.mistakes.shards import explain_in_process, explain_on_ray
 from fashion_shap.model import load_model
 from fashion_shap.params import PipelineError
 from stages.mistakes import main
@@ -49,7 +51,8 @@ def test_stage_without_mistakes_writes_empty_outputs(mistaken, tmp_path, monkeyp
     monkeypatch.chdir(directory)
     main(ARGS)
     assert np.load("out/mistakes/shap_values.npy").shape == (0, 28, 28, 1, 2)
-    assert json.loads(Path("out/mistakes.json").read_text())["mistakes"] == 0
+    assert json.loads(Path("out/mistakes.json").read_text()) == {"mistakes": 0}
+    assert json.loads(Path("out/report.json").read_text())["pairs"] == {}
     assert Path("out/mistakes.png").is_file()
 
 
@@ -76,6 +79,16 @@ def test_unreachable_cluster_is_one_line_from_the_command_line(mistaken, tmp_pat
     assert not (directory / "out").exists()
 
 
+def test_background_size_above_the_background_names_the_param_and_writes_nothing(mistaken, tmp_path, monkeypatch):
+    directory = copy_with(mistaken, tmp_path / "stage", background_size=1_000_000)
+    monkeypatch.chdir(directory)
+    available = len(np.load(directory / "data/background.npy"))
+    with pytest.raises(PipelineError, match=f"mistakes.background_size is 1000000, but the background has only "
+                                            f"{available} images; lower it in params.yaml"):
+        main(ARGS)
+    assert not (directory / "out").exists()
+
+
 # --- On Ray ---
 
 def start_ray(command: list[str], log) -> subprocess.Popen:
@@ -88,7 +101,11 @@ def start_ray(command: list[str], log) -> subprocess.Popen:
 def stop(processes: list[subprocess.Popen]) -> None:
     """Kill these processes and every process they started, by id (a throwaway cluster needs no draining)."""
     family = [psutil.Process(process.pid) for process in processes if process.poll() is None]
-    family += [child for parent in family for child in parent.children(recursive=True)]
+    kill_all(family + [child for parent in family for child in parent.children(recursive=True)])
+
+
+def kill_all(family: list[psutil.Process]) -> None:
+    """Kill these processes, by id, and wait for them to end."""
     for member in family:
         try:
             member.kill()
@@ -137,10 +154,11 @@ def wait_for_nodes(address: str, count: int) -> None:
                    capture_output=True)
 
 
-def run_mistakes(directory: Path) -> subprocess.Popen:
-    """Start the stage in directory, as dvc.yaml runs it."""
+def run_mistakes(directory: Path, **environment: str) -> subprocess.Popen:
+    """Start the stage in directory, as dvc.yaml runs it, with these environment variables added."""
     return subprocess.Popen([sys.executable, "-m", "stages.mistakes", *ARGS], cwd=directory, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ, **RAY_ENV))
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=dict(os.environ, **RAY_ENV, **environment))
 
 
 @pytest.mark.slow
@@ -166,13 +184,69 @@ def explaining_worker(stage: subprocess.Popen) -> psutil.Process | None:
     return None
 
 
+def slow_stage(prepared: Path, mistaken: Path, target: Path) -> Path:
+    """Copy the mistaken stage directory with a background of 200 training images, so that each shard takes
+    long enough to be caught on Ray."""
+    directory = copy_with(mistaken, target, background_size=200)
+    np.save(directory / "data/background.npy", np.load(prepared / "data/train/x.npy")[:200])
+    return directory
+
+
+@pytest.fixture
+def ray_root() -> Iterator[Path]:
+    """A temporary directory of its own for the local Rays a test starts (RAY_TMPDIR): their session folders go
+    to ray/ in it, apart from other Ray users'. Short: socket paths are limited to 107 characters."""
+    directory = Path(tempfile.mkdtemp(prefix="ray"))
+    yield directory
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def family_once_explaining(process: subprocess.Popen, timeout: float = 300) -> list[psutil.Process]:
+    """Wait until a Ray worker under process explains a shard; return every process under it then, its Ray's too."""
+    deadline = time.monotonic() + timeout
+    while explaining_worker(process) is None:
+        assert process.poll() is None and time.monotonic() < deadline, "no worker was seen explaining a shard"
+        time.sleep(0.05)
+    return psutil.Process(process.pid).children(recursive=True)
+
+
+@pytest.mark.slow
+def test_local_ray_removes_its_session_folder_and_gives_the_bytes_of_one_process(mistaken, reference, ray_root,
+                                                                                  monkeypatch):
+    monkeypatch.setenv("RAY_TMPDIR", str(ray_root))
+    model, background, images, classes = inputs(mistaken)
+    values = explain_on_ray("", 2, model, background, images, classes, SETTINGS, shard_size=4)
+    np.testing.assert_array_equal(values, reference)
+    assert (ray_root / "ray").is_dir()  # where the session was
+    assert not list((ray_root / "ray").glob("session*"))  # its folder, and the link to the latest
+
+
+@pytest.mark.slow
+def test_ctrl_c_on_ray_is_one_line_and_leaves_no_ray_process_nor_session(prepared, mistaken, tmp_path, ray_root):
+    directory = slow_stage(prepared, mistaken, tmp_path / "stage")
+    stage = run_mistakes(directory, RAY_TMPDIR=str(ray_root))
+    family = []
+    try:
+        family = family_once_explaining(stage)
+        # A terminal's Ctrl-C signals the whole foreground group, but Ray's processes block SIGINT: the stage is
+        # the one to act.
+        stage.send_signal(signal.SIGINT)
+        _, stderr = stage.communicate(timeout=120)
+        assert stage.returncode == 130
+        assert stderr.splitlines()[-1] == "error: interrupted" and "Traceback" not in stderr
+        assert not psutil.wait_procs(family, timeout=20)[1]  # none left alive
+        assert not list((ray_root / "ray").glob("session*"))
+        assert not (directory / "out").exists()
+    finally:
+        stop([stage])  # if the test failed before its end
+        kill_all(family)
+
+
 @pytest.mark.slow
 def test_local_ray_retries_a_worker_killed_in_a_shard_and_gives_the_bytes_of_one_process(prepared, mistaken, tmp_path):
     """The stage's own local Ray, one worker per core: a worker killed while it explains a shard is
     replaced, the shard runs again, and the values are those of one process, byte for byte."""
-    # A background of 200 training images, so that each shard takes long enough to be caught.
-    directory = copy_with(mistaken, tmp_path / "stage", background_size=200)
-    np.save(directory / "data/background.npy", np.load(prepared / "data/train/x.npy")[:200])
+    directory = slow_stage(prepared, mistaken, tmp_path / "stage")
     model, background, images, classes = inputs(directory, background_size=200)
     expected = explain_in_process(model, background, images, classes, SETTINGS, shard_size=len(images))
 
@@ -198,3 +272,34 @@ def test_only_the_mistakes_stage_declares_mistakes_params():
     declaring = {name for name, stage in stages.items()
                  if any(str(param).startswith("mistakes.") for param in stage.get("params", []))}
     assert declaring == {"mistakes"}
+
+
+@pytest.mark.slow
+def test_a_killed_dvc_repro_stops_the_stage_and_its_ray(project, ray_root):
+    """As when a CI timeout stops `dvc repro` with SIGTERM: dvc ends at once and signals none of its children.
+    Run by /bin/sh, which (dash, unlike bash) stays between dvc and the stage."""
+    # A model that barely trained, whose mistakes (most test images) go in shards of 4 to a local Ray, against
+    # 200 background images one at a time: some 30 s of explaining, which a stage left running would outlast
+    # the wait below by.
+    set_param(project, "train", "learning_rate", 1.0e-9)
+    set_param(project, "sample_background", "size", 200)
+    for key, value in (("background_size", 200), ("shard_size", 4), ("chunk_size", 1)):
+        set_param(project, "mistakes", key, value)
+    environment = dict(os.environ, **RAY_ENV, RAY_TMPDIR=str(ray_root), SHELL="/bin/sh")
+    repro = subprocess.Popen(["dvc", "repro", "mistakes"], cwd=project, text=True, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, env=environment)
+    family = []
+    try:
+        family = family_once_explaining(repro)
+        repro.terminate()
+        assert not psutil.wait_procs(family, timeout=20)[1]  # the stage, the shell and Ray: none left alive
+        _, stderr = repro.communicate(timeout=30)  # the pipes close when the last process that holds them ends
+        assert stderr.splitlines()[-1] == "error: interrupted"  # the stage's last word, though dvc is gone
+        assert not list((ray_root / "ray").glob("session*"))
+    finally:
+        stop([repro])  # dvc and what runs under it, if the test failed before it killed dvc
+        kill_all(family)  # what a killed dvc left running
+    # dvc deleted the stage's cached outputs before it ran; the last good ones come back from the cache.
+    assert not (project / "data/mistakes").exists()
+    dvc("checkout", "mistakes", cwd=project)
+    assert (project / "data/mistakes/shap_values.npy").is_file()

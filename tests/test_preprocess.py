@@ -4,14 +4,7 @@ import gzip
 
 import numpy as np
 import pytest
-from conftest import (
-    TEST_SIZE,
-    TRAIN_SIZE,
-    assert_one_line_error,
-    idx_bytes,
-    run_stage,
-    synthetic_split,
-)
+from conftest import SOURCE, TEST_SIZE, TRAIN_SIZE, assert_one_line_error, idx_bytes, run_stage, synthetic_split
 
 from fashion_shap.data import parse_idx
 from fashion_shap.params import PipelineError
@@ -35,7 +28,7 @@ def test_parse_idx_round_trip_and_truncation():
 
 def test_writes_both_splits(workdir, monkeypatch):
     monkeypatch.chdir(workdir)
-    fetch.main(["raw"])
+    fetch.main([SOURCE, "raw"])
     main(["raw", "train", "test"])
     images, labels = synthetic_split(TRAIN_SIZE, seed=0)
     x_train, y_train = np.load(workdir / "train/x.npy"), np.load(workdir / "train/y.npy")
@@ -55,7 +48,7 @@ def test_wrong_path_count_prints_the_usage_line(workdir, monkeypatch, capsys):
 
 def write_one_label_short(workdir) -> None:
     """Fetch the synthetic files into workdir/raw, then drop the last test label."""
-    fetch.main(["raw"])
+    fetch.main([SOURCE, "raw"])
     _, labels = synthetic_split(TEST_SIZE - 1, seed=1)
     (workdir / "raw/t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(idx_bytes(labels)))
 

@@ -19,19 +19,23 @@ from fashion_shap.params import PipelineError
 from fashion_shap.trust.rules import RULES
 from stages.trust import check_pool
 
-OUTPUTS = ["trust.json", "deletion.csv", "convergence.csv", "randomization.png", "backgrounds.png"]
+OUTPUTS = ["trust.json", "report.json", "deletion.csv", "convergence.csv", "randomization.png", "backgrounds.png"]
 
 
 @pytest.mark.parametrize("change, message", [
     ({"convergence_sizes": [60]}, "trust.convergence_sizes holds 60"),
     ({"convergence_sizes": [20]}, "trust.convergence_sizes needs a size other than the background's 20"),
     ({"readings_backgrounds": 4, "readings_size": 30}, "trust.readings_backgrounds x trust.readings_size is 120"),
+    # Not cut to the background's 20 images without a word.
+    ({"diagnostics_size": 21}, "trust.diagnostics_size is 21, but the background has only 20 images"),
+    ({"randomization_background": 1000}, "trust.randomization_background is 1000, but the background has only 20"),
 ])
-def test_pool_too_small_for_the_disjoint_backgrounds_is_named(change, message):
-    params = {"convergence_sizes": [5], "readings_backgrounds": 2, "readings_size": 10}
-    check_pool(params, 100, 20)  # a pool of 100 outside a background of 20 is enough for these
+def test_pool_or_background_too_small_for_a_size_is_named(change, message):
+    params = {"convergence_sizes": [5], "readings_backgrounds": 2, "readings_size": 10, "diagnostics_size": 20,
+              "randomization_background": 20}
+    check_pool(params, 100, 20, 20)  # a pool of 100 outside a background of 20 is enough for these
     with pytest.raises(PipelineError, match=message):
-        check_pool(params | change, 100, 20)
+        check_pool(params | change, 100, 20, 20)
 
 
 def trust_params(prepared, tmp_path, **changes) -> None:
@@ -50,7 +54,10 @@ def stage_args(prepared, tmp_path) -> list[str]:
 def test_stage_writes_metrics_curves_and_figures(prepared, tmp_path):
     trust_params(prepared, tmp_path)
     run_stage("trust", *stage_args(prepared, tmp_path), cwd=tmp_path)
-    metrics = json.loads((tmp_path / "trust.json").read_text())
+    metrics = json.loads((tmp_path / "report.json").read_text())
+    # The headline, for `dvc exp show`: each rule's distance between maps from disjoint backgrounds.
+    headline = json.loads((tmp_path / "trust.json").read_text())
+    assert headline == {name: {"l2": round(metrics["convergence"][name]["relative_l2"], 4)} for name in RULES}
     assert metrics["images"] == 10 and metrics["convergence"]["images"] == 10
     assert metrics["convergence"]["compared_size"] == 20 and metrics["diagnostics"]["references"] == 5
     for name in RULES:

@@ -15,3 +15,11 @@ def test_predicted_maps_take_known_rows_and_explain_the_others(rows):
     maps = predicted_maps(explainers, background, images, classes, np.array(rows), known)
     for name, expected in rule_maps(explainers, background, images, classes).items():
         np.testing.assert_allclose(maps[name], expected, rtol=1e-5, atol=1e-8)
+
+
+def test_explain_all_in_one_pass_equals_each_explainer_alone():
+    model, images, background = small_model(), random_images(2, 0), random_images(5, 1)
+    explainers = rule_explainers(model, chunk_size=3)
+    for name, values in explain_all(explainers, background, images).items():
+        expected = explainers[name].shap_values(images, background)
+        np.testing.assert_allclose(values, expected, rtol=0, atol=1e-6 * np.abs(expected).max())

@@ -8,7 +8,10 @@ are the same for any number of workers and any shard size, and without Ray. Only
 
 import logging
 import os
+import shutil
+import signal
 import socket
+from pathlib import Path
 
 import numpy as np
 import ray
@@ -100,18 +103,31 @@ def check_reachable(address: str) -> str:
     return address
 
 
-def connect(address: str, workers: int | None) -> None:
+def connect(address: str, workers: int | None) -> Path | None:
     """Start a local Ray of workers CPUs (None: one per core) if address is empty, else join the cluster there.
 
-    address: as check_reachable returns it.
+    address: as check_reachable returns it. Returns the local Ray's session folder (its logs and sockets,
+    under the temporary directory), which nothing else will remove; None for a cluster, whose it is.
     """
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # Ray would report usage over the internet
     options = {"log_to_driver": False, "logging_level": logging.WARNING}
-    if not address:
-        # "local": a new Ray of its own, even where RAY_ADDRESS or a `ray start` cluster exists.
-        ray.init(address="local", num_cpus=workers, include_dashboard=False, runtime_env={"env_vars": WORKER_ENV},
-                 **options)
-        return
+    # ray.init makes SIGTERM exit at once (sys.exit), bypassing the stage's handler (fashion_shap.params.run),
+    # which reports a stop in one line: keep the stage's.
+    handler = signal.getsignal(signal.SIGTERM)
+    try:
+        if not address:
+            # "local": a new Ray of its own, even where RAY_ADDRESS or a `ray start` cluster exists.
+            context = ray.init(address="local", num_cpus=workers, include_dashboard=False,
+                               runtime_env={"env_vars": WORKER_ENV}, **options)
+            return Path(context.address_info["session_dir"])
+        join(address, options)
+        return None
+    finally:
+        signal.signal(signal.SIGTERM, handler)
+
+
+def join(address: str, options: dict) -> None:
+    """Join the cluster at address, or fail with one line naming the param."""
     # The cluster's nodes need the project's dependencies installed; its code travels with the job.
     runtime_env = {"env_vars": WORKER_ENV, "py_modules": [fashion_shap, deepshap], "excludes": ["__pycache__"]}
     try:
@@ -119,6 +135,18 @@ def connect(address: str, workers: int | None) -> None:
     except (ConnectionError, RuntimeError) as error:
         raise PipelineError(f"params.yaml: mistakes.ray_address {address!r}: {str(error).splitlines()[0]} (a cluster "
                             f"with token authentication also needs RAY_AUTH_MODE=token and its token here)") from None
+
+
+def disconnect(session: Path | None) -> None:
+    """Shut Ray down (a local one's processes end), and remove the session folder of a local Ray: Ray keeps
+    every session's under the temporary directory (/tmp/ray/session_*), and the latest's link beside them."""
+    ray.shutdown(wait_for_processes=True)  # its processes no longer write in the folder
+    if session is None:
+        return
+    shutil.rmtree(session, ignore_errors=True)
+    latest = session.parent / "session_latest"
+    if latest.is_symlink() and latest.resolve() == session.resolve():
+        latest.unlink()
 
 
 def explain_on_ray(address: str, workers: int | None, model, background: np.ndarray, images: np.ndarray,
@@ -135,8 +163,9 @@ def explain_on_ray(address: str, workers: int | None, model, background: np.ndar
         # Nothing to share out: starting a local Ray (some 15 s) would only add time; the bytes are the same.
         print("mistakes: 1 shard, explained in this process")
         return explain_in_process(model, background, images, classes, settings, shard_size)
-    connect(address, workers)
+    session = None  # until connect returns: a Ray stopped while it starts is shut down all the same
     try:
+        session = connect(address, workers)
         count = min(int(ray.cluster_resources().get("CPU", 1)), len(shards))
         print(f"mistakes: {len(shards)} shards of up to {shard_size} images on {count} Ray workers")
         # Put once in the object store: the workers share them instead of receiving a copy each.
@@ -150,4 +179,4 @@ def explain_on_ray(address: str, workers: int | None, model, background: np.ndar
         raise PipelineError(f"a Ray worker died {RETRIES + 1} times on one shard (out of memory? lower "
                             f"mistakes.shard_size or mistakes.chunk_size): {str(error).splitlines()[0]}") from None
     finally:
-        ray.shutdown()
+        disconnect(session)

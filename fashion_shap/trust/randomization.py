@@ -22,6 +22,15 @@ def seeded(initializer, seed: int):
     return initializer.__class__.from_config(config)
 
 
+def reinitialize(layer, seed: int) -> None:
+    """Draw each of a layer's weights anew from its own initializer, as in a model just built: a Dense's or
+    Conv2D's kernel and bias, a BatchNormalization's scale, offset and moving statistics (all of a layer's
+    weights, as Adebayo et al. re-initialise them; those of a BatchNormalization then leave it near the identity)."""
+    for variable in layer.weights:
+        initializer = getattr(layer, f"{variable.name}_initializer")  # Keras names it after the variable
+        variable.assign(seeded(initializer, seed)(variable.shape))
+
+
 def randomized_values(model, images: np.ndarray, background: np.ndarray, seed: int, chunk_size: int,
                       classes: np.ndarray) -> list[np.ndarray]:
     """Return the maps of classes after re-initialising the top 1, 2, ... layers with weights (Adebayo's cascade)."""
@@ -29,8 +38,7 @@ def randomized_values(model, images: np.ndarray, background: np.ndarray, seed: i
     randomized.set_weights(model.get_weights())
     values = []
     for layer in reversed([layer for layer in randomized.layers if layer.weights]):
-        layer.kernel.assign(seeded(layer.kernel_initializer, seed + len(values))(layer.kernel.shape))
-        layer.bias.assign(seeded(layer.bias_initializer, seed + len(values))(layer.bias.shape))
+        reinitialize(layer, seed + len(values))
         print(f"trust: randomization, {layer.name} and the layers above it re-initialised")
         values.append(lab_rule_maps(randomized, background, images, chunk_size, classes))
     return values
