@@ -9,6 +9,7 @@ and shap_values(images, background, classes=None, progress=None), whose progress
 images done.
 """
 
+import functools
 from collections.abc import Callable
 
 import keras
@@ -65,10 +66,16 @@ def accelerated_explainer(model: keras.Model, output: str, softmax_rule: str):
         from deepshap.accelerated import AcceleratedExplainer, layers_from_keras
     except ImportError as error:
         raise PipelineError(f"explain.engine: accelerated needs JAX ({error}); {ACCELERATED_INSTALL}") from None
-    if jax.default_backend() == "cpu":
+    say_where(jax.default_backend())
+    return AcceleratedExplainer(layers_from_keras(model), output=output, softmax_rule=softmax_rule)
+
+
+@functools.cache
+def say_where(backend: str) -> None:
+    """Say once per process where the accelerated engine runs, when that is the CPU."""
+    if backend == "cpu":
         print("engines: JAX finds no GPU or TPU here: the accelerated engine runs on the CPU, where explain.engine: "
               "fast is faster")
-    return AcceleratedExplainer(layers_from_keras(model), output=output, softmax_rule=softmax_rule)
 
 
 def make_explainer(model: keras.Model, engine: str, output: str, softmax_rule: str, chunk_size: int):

@@ -28,6 +28,7 @@ import numpy as np
 import tensorflow as tf
 
 from fashion_shap.data import CLASS_NAMES, first_of_each_class, load_split
+from fashion_shap.engines import check_engine_params
 from fashion_shap.figures import save_figure
 from fashion_shap.files import save_csv, save_json
 from fashion_shap.model import load_model
@@ -73,6 +74,11 @@ def read_trust_params() -> dict:
     for key in ("sleeves_blank_below", "sleeves_pullover_above"):
         if not 0 <= params[key] <= 1:
             raise PipelineError(f"params.yaml: trust.{key} must be between 0 and 1, as pixels are, got {params[key]}")
+    # The explain section's engine, where it is the accelerated one; else the fast engine (the shap engine has
+    # neither the Shapley rule nor the head's multipliers that the checks read).
+    engine = read_params("explain", {"engine": str})["engine"]
+    check_engine_params({"engine": engine, "output": "probability", "softmax_rule": "shap"})
+    params["engine"] = "accelerated" if engine == "accelerated" else "fast"
     return params
 
 
@@ -146,7 +152,7 @@ def measure(model, background: np.ndarray, x_train: np.ndarray, y_train: np.ndar
     lab_images, labels = images[lab], np.arange(len(CLASS_NAMES))
     pixels = lab_sleeves(lab_images[T_SHIRT], x_train, y_train, params)
     rng = np.random.default_rng(params["seed"])
-    explainers = rule_explainers(model, params["chunk_size"])
+    explainers = rule_explainers(model, params["chunk_size"], params["engine"])
     probabilities = model.predict(images, verbose=0)
     predicted = probabilities.argmax(axis=1)
 

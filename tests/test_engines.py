@@ -8,7 +8,7 @@ import pytest
 from keras import layers
 from trust_models import random_images, small_model
 
-from fashion_shap.engines import ShapEngine, check_engine_params, make_explainer
+from fashion_shap.engines import ShapEngine, check_engine_params, make_explainer, say_where
 from fashion_shap.params import PipelineError
 
 FAST = {"engine": "fast", "output": "probability", "softmax_rule": "shap"}
@@ -57,6 +57,7 @@ def test_the_accelerated_engine_gives_the_fast_engines_values_and_says_where_it_
     model, images, background = small_model(), random_images(2, 0), random_images(5, 1)
     classes = np.array([[3, 1], [0, 9]])
     fast = make_explainer(model, "fast", output, rule, chunk_size=2).shap_values(images, background, classes)
+    say_where.cache_clear()  # it says so once per process
     accelerated = make_explainer(model, "accelerated", output, rule, chunk_size=2)
     assert "JAX finds no GPU or TPU here" in capsys.readouterr().out  # this machine has none
     values = accelerated.shap_values(images, background, classes)

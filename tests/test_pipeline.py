@@ -96,7 +96,7 @@ def test_every_stage_run_again_in_another_process_writes_the_same_bytes(project,
     ("section", "key", "value", "reruns"),
     [
         ("train", "epochs", 2, {"train", "evaluate", "explain", "visualize", "trust", "mistakes"}),
-        # Trust imports the explain code but declares no explain param, and reads no explain output.
+        # Trust declares explain.engine alone of the explain params (it measures every rule itself).
         ("explain", "chunk_size", 7, {"explain", "visualize"}),
         ("sample_background", "size", 10, {"sample_background", "explain", "visualize", "trust", "mistakes"}),
         ("trust", "deletion_steps", 4, {"trust"}),
@@ -111,10 +111,13 @@ def test_a_param_invalidates_its_stage_alone_and_reaches_what_reads_its_outputs(
     assert {section} | downstream(pipeline_stages(project), section) == reruns
 
 
-def test_the_head_rule_reaches_explain_and_mistakes_but_not_trust(project):
-    """Trust measures every rule itself; the mistakes stage explains with the explain stage's rule."""
+def test_the_head_rule_reaches_explain_and_mistakes_but_not_trust_and_the_engine_all_three(project):
+    """Trust measures every rule itself, with the engine the explain section names; the mistakes stage explains
+    with the explain stage's engine and rule."""
     set_param(project, "explain", "softmax_rule", "shapley")
     assert set(changed_deps(project)) == {"explain", "mistakes"}
+    set_param(project, "explain", "engine", "accelerated")
+    assert set(changed_deps(project)) == {"explain", "trust", "mistakes"}
 
 
 def test_run_cache_gives_back_the_outputs_of_the_same_params(project):

@@ -98,3 +98,18 @@ def test_new_trust_params_rerun_trust_alone(project, key, value):
     stages = pipeline_stages(project)
     trust_outs = declared_outs(stages["trust"])
     assert not any(dep.startswith(out) for stage in stages.values() for dep in stage["deps"] for out in trust_outs)
+
+
+@pytest.mark.slow
+def test_stage_measures_the_rules_with_the_accelerated_engine_when_explain_names_it(prepared, tmp_path):
+    trust_params(prepared, tmp_path)
+    params = yaml.safe_load((tmp_path / "params.yaml").read_text())
+    params["explain"]["engine"] = "accelerated"
+    write_params(tmp_path, params)
+    result = run_stage("trust", *stage_args(prepared, tmp_path), cwd=tmp_path)
+    assert result.stdout.count("JAX finds no GPU or TPU here") == 1  # said once, on this machine's CPU
+    report = json.loads((tmp_path / "report.json").read_text())
+    for name in RULES:
+        assert report["completeness"][name]["max_additivity_error"] < 1e-4
+        assert report["convergence"][name]["relative_l2"] > 0
+    assert set(report["randomization"]["rank_correlation"]) == {"top1_layers", "top2_layers", "top3_layers"}

@@ -5,13 +5,14 @@ import keras
 import numpy as np
 from scipy.stats import spearmanr
 
-from deepshap import Explainer
+from fashion_shap.trust.rules import rule_explainer
 
 
-def lab_rule_maps(model, background: np.ndarray, images: np.ndarray, chunk_size: int, classes: np.ndarray
-                ) -> np.ndarray:
+def lab_rule_maps(model, background: np.ndarray, images: np.ndarray, chunk_size: int, classes: np.ndarray,
+                  engine: str = "fast") -> np.ndarray:
     """Return the lab's rule's map of each image for its class in classes, (images, 28, 28, 1)."""
-    return Explainer(model, chunk_size=chunk_size).shap_values(images, background, classes[:, np.newaxis])[..., 0]
+    explainer = rule_explainer(model, "shap", chunk_size, engine)
+    return explainer.shap_values(images, background, classes[:, np.newaxis])[..., 0]
 
 
 def seeded(initializer, seed: int):
@@ -32,7 +33,7 @@ def reinitialize(layer, seed: int) -> None:
 
 
 def randomized_values(model, images: np.ndarray, background: np.ndarray, seed: int, chunk_size: int,
-                      classes: np.ndarray) -> list[np.ndarray]:
+                      classes: np.ndarray, engine: str = "fast") -> list[np.ndarray]:
     """Return the maps of classes after re-initialising the top 1, 2, ... layers with weights (Adebayo's cascade)."""
     randomized = keras.models.clone_model(model)
     randomized.set_weights(model.get_weights())
@@ -40,7 +41,7 @@ def randomized_values(model, images: np.ndarray, background: np.ndarray, seed: i
     for layer in reversed([layer for layer in randomized.layers if layer.weights]):
         reinitialize(layer, seed + len(values))
         print(f"trust: randomization, {layer.name} and the layers above it re-initialised")
-        values.append(lab_rule_maps(randomized, background, images, chunk_size, classes))
+        values.append(lab_rule_maps(randomized, background, images, chunk_size, classes, engine))
     return values
 
 
@@ -55,9 +56,10 @@ def randomization_check(model, images: np.ndarray, background: np.ndarray, maps:
     randomization_background images of the background (maps if that is all of it), and those maps
     after each cascade step."""
     subset = background[: params["randomization_background"]]
-    chunk_size = params["chunk_size"]
-    trained = lab_rule_maps(model, subset, images, chunk_size, classes) if len(subset) < len(background) else maps
-    randomized = randomized_values(model, images, subset, params["seed"], chunk_size, classes)
+    chunk_size, engine = params["chunk_size"], params["engine"]
+    trained = (lab_rule_maps(model, subset, images, chunk_size, classes, engine) if len(subset) < len(background)
+               else maps)
+    randomized = randomized_values(model, images, subset, params["seed"], chunk_size, classes, engine)
     correlations = {f"top{k}_layers": rank_correlation(trained, v) for k, v in enumerate(randomized, 1)}
     passed = bool(max(correlations.values()) < params["randomization_threshold"])
     return {"rank_correlation": correlations, "passed": passed}, trained, randomized
