@@ -13,8 +13,11 @@ from deepshap.support import UnsupportedModelError
 OUTPUTS = ("probability", "logit")
 # Images whose multipliers at the fused block's input are held at once: 5 x 100 references x 10 classes
 # x 5,408 in the lab's model, 216 MB (measured: the whole process's peak 0.2 GB lower than with all 10 images
-# of the lab at once, for the same time).
+# of the lab at once, for the same time). Other chunks and class counts hold as many (image x reference x
+# class) rows: fewer images a pass route each reference through the input block once more per pass
+# (measured: trust's 3 rules stacked, 30 classes in chunks of 30, took 1.5x the time at one image a pass).
 IMAGES_PER_PASS = 5
+ROWS_PER_PASS = IMAGES_PER_PASS * 100 * 10
 SOFTMAX_RULES = {"shap": head.shap_softmax, "shapley": head.shapley_softmax}
 
 
@@ -88,14 +91,14 @@ class Explainer:
         each class runs on its own below the head, so several rules share the forward values, the
         ReLU and max-pool rules of each pair, and the top's product of the image's units.
         buffer keeps the fused block's input multipliers across chunks (measured: a fresh 400 MB
-        array per chunk made the step 1.6x slower, in page faults). It holds IMAGES_PER_PASS images
-        of this explainer's classes' worth: each image's sums are its own, so the passes give the
-        same bytes as one pass of all images.
+        array per chunk made the step 1.6x slower, in page faults). It holds ROWS_PER_PASS (image,
+        reference, class) rows: each image's sums are its own, so the passes give the same bytes as
+        one pass of all images.
         """
         network, block = self.network, self.network.input_block
         # (images, refs, classes, logits)
         grad_logits = head_rows(heads or (self.head,), x["logits"], r["logits"], classes)
-        group = min(len(grad_logits), max(1, IMAGES_PER_PASS * self.num_classes // grad_logits.shape[2]))
+        group = min(len(grad_logits), max(1, ROWS_PER_PASS // (grad_logits.shape[1] * grad_logits.shape[2])))
         if block is not None:
             shape = (group,) + grad_logits.shape[1:3] + (block.constants["output_size"],)
             if buffer.get("array") is None or buffer["array"].size < np.prod(shape):
