@@ -95,9 +95,9 @@ def update_json(path: Path, values: dict) -> None:
 
 
 def save_csv(path: Path, rows: list[dict]) -> None:
-    """Write rows (dicts with the same keys, the header) as CSV: floats to 6 significant digits."""
+    """Write rows (dicts with the same keys, the header) as CSV: floats (NumPy's float32 too) to 6 significant digits."""
     with atomic_path(path) as temporary, open(temporary, "w", newline="") as file:
         writer = csv.writer(file, lineterminator="\n")
         writer.writerow(rows[0])
-        writer.writerows([f"{value:.6g}" if isinstance(value, float) else value for value in row.values()]
-                         for row in rows)
+        writer.writerows([f"{value:.6g}" if isinstance(value, (float, np.floating)) else value
+                          for value in row.values()] for row in rows)

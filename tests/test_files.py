@@ -30,8 +30,8 @@ def test_a_directory_of_arrays_is_replaced_whole(tmp_path):
 
 
 def test_csv_rows_keep_strings_and_round_floats(tmp_path):
-    save_csv(tmp_path / "rows.csv", [{"name": "T-shirt/top", "value": 1 / 3, "size": 5000}])
-    assert (tmp_path / "rows.csv").read_text() == "name,value,size\nT-shirt/top,0.333333,5000\n"
+    save_csv(tmp_path / "rows.csv", [{"name": "T-shirt/top", "value": 1 / 3, "size": 5000, "mean": np.float32(2 / 3)}])
+    assert (tmp_path / "rows.csv").read_text() == "name,value,size,mean\nT-shirt/top,0.333333,5000,0.666667\n"
 
 
 @pytest.mark.parametrize("limit", [0, 200])  # nothing fits; the first of two arrays fits, the second does not
