@@ -17,7 +17,7 @@ engine stays deepshap.Explainer.
 
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -132,6 +132,12 @@ class AcceleratedExplainer:
             if progress is not None:
                 progress(len(references))
         return (totals / len(background)).astype(np.float32)
+
+    def reference_values(self, images: np.ndarray, references: np.ndarray) -> Iterator[np.ndarray]:
+        """Yield, reference by reference, the values of images against it alone (a background of one), as
+        deepshap.Explainer.reference_values does."""
+        for index in range(len(references)):
+            yield self.shap_values(images, references[index : index + 1])
 
     def plan(self, image_shape: tuple, images: int, references: int, classes: int) -> tuple[int, int]:
         """Return (images per step, references per step): chunk_size references, or as many as fit the memory."""

@@ -21,7 +21,7 @@ import numpy as np
 
 from deepshap.kernels_block import block_backward
 from deepshap.kernels_input import pool_conv_backward
-from deepshap.kernels_top import dense_top_backward
+from deepshap.kernels_top import dense_top_backward, image_rows
 from deepshap.rules import BATCH_NORM, CONV, DENSE, MAX_POOL, RELU, RESHAPE, Rule, Step, relu_multipliers
 
 logger = logging.getLogger(__name__)
@@ -45,7 +45,8 @@ class Loop:
     place: "input" (the model's first steps), "inside" (anywhere) or "top" (ending at the model's last step).
     prepare(*steps): the loop's constants from its matched steps, one per part (None where absent).
     run, for "input": run(constants, pooled_grad, images, image_reads, references, reference_reads,
-        totals) adds the sum over references of multiplier * (image - reference) to totals; else
+        totals, mix) adds the sum over references of multiplier * (image - reference) to totals (mix: see
+        deepshap.kernels_input.pool_conv_backward); else
         run(constants, grad, image_reads, reference_reads, out) returns the multipliers at its first
         step's input, as the plain rules do. The reads: the values at its parts' inputs marked reads.
     """
@@ -56,6 +57,9 @@ class Loop:
     place: str
     prepare: Callable[..., dict]
     run: Callable
+    # image_part(constants, image_reads): what run reads of an image alone, made once per image and passed to
+    # run as its last argument (None: nothing), for a loop not at the input.
+    image_part: Callable | None = None
 
 
 @dataclass
@@ -83,13 +87,14 @@ def block_constants(conv: Step, batch_norm: Step | None, relu: Step, pool: Step)
 
 
 def run_input_block(constants: dict, pooled_grad: np.ndarray, images: np.ndarray, image_reads: list,
-                    references: np.ndarray, reference_reads: list, totals: np.ndarray) -> None:
+                    references: np.ndarray, reference_reads: list, totals: np.ndarray, mix: np.ndarray | None = None
+                    ) -> None:
     pool_conv_backward(pooled_grad, images, image_reads[0], references, reference_reads[0], constants["kernel"],
-                       *constants["pool_size"], totals)
+                       *constants["pool_size"], totals, mix)
 
 
 def run_block(constants: dict, grad: np.ndarray, image_reads: list, reference_reads: list,
-              out: np.ndarray | None) -> np.ndarray:
+              out: np.ndarray | None, image_part: None = None) -> np.ndarray:
     return block_backward(grad, image_reads[0], reference_reads[0], constants["kernel"], constants["padding"],
                           constants["pool_size"], constants["input_shape"], out)
 
@@ -100,11 +105,15 @@ def top_constants(hidden: Step, relu: Step, head: Step) -> dict:
             "head": head.constants["kernel_t"]}
 
 
+def top_image_rows(constants: dict, image_reads: list) -> np.ndarray:
+    return image_rows(image_reads[0] > 0, constants["hidden"], constants["head"])
+
+
 def run_top(constants: dict, grad: np.ndarray, image_reads: list, reference_reads: list,
-            out: np.ndarray | None) -> np.ndarray:
+            out: np.ndarray | None, rows: np.ndarray | None = None) -> np.ndarray:
     image_in, reference_in = image_reads[0], reference_reads[0]  # (units,), (refs, units): the ReLU's inputs
     rule = relu_multipliers(image_in[np.newaxis], reference_in)
-    return dense_top_backward(grad, image_in > 0, rule, constants["hidden"], constants["head"], out)
+    return dense_top_backward(grad, image_in > 0, rule, constants["hidden"], constants["head"], out, rows)
 
 
 def stride_one(step: Step) -> bool:
@@ -130,7 +139,7 @@ FUSED: list[Loop] = [
     Loop("input block", BLOCK, conv_block(unpadded), "input", block_constants, run_input_block),
     Loop("conv block", BLOCK, conv_block(stride_one), "inside", block_constants, run_block),
     Loop("top", "Dense -> ReLU -> Dense at the top", (Part(DENSE), Part(RELU, reads=True), Part(DENSE)), "top",
-         top_constants, run_top),
+         top_constants, run_top, top_image_rows),
 ]
 
 

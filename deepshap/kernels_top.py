@@ -10,8 +10,14 @@ import numpy as np
 from deepshap.kernels import THREAD_BLOCKS, TILE, add_rows
 
 
+def image_rows(on: np.ndarray, hidden: np.ndarray, head: np.ndarray) -> np.ndarray:
+    """Return head[:, on] @ hidden[on], (logits, inputs) float32: the part of the top's product that is the image's
+    alone (see dense_top_backward), summed in float64 and rounded once, so the BLAS's order cannot show."""
+    return (head[:, on] @ hidden[on].astype(np.float64)).astype(np.float32)
+
+
 def dense_top_backward(grad: np.ndarray, on: np.ndarray, rule: np.ndarray, hidden: np.ndarray, head: np.ndarray,
-                       out: np.ndarray | None = None) -> np.ndarray:
+                       out: np.ndarray | None = None, rows: np.ndarray | None = None) -> np.ndarray:
     """Return the multipliers at the input of the model's top, Dense -> ReLU -> the head's Dense: (refs, classes,
     inputs) float64.
 
@@ -19,6 +25,7 @@ def dense_top_backward(grad: np.ndarray, on: np.ndarray, rule: np.ndarray, hidde
     the image's units that are on; rule (refs, units) float64: the ReLU rule per reference. hidden
     (units, inputs) float32 and head (logits, units) float64: the two Dense kernels, transposed.
     out: a float64 or float32 array (its sums are float32: either holds them exactly) of the result's shape, or None.
+    rows: image_rows(on, hidden, head), or None to make them here.
 
     The plain rules make (grad @ head * rule) @ hidden, one product of (refs x classes, units) by
     (units, inputs): most of the lab's time. The ReLU rule is exactly 1 where the image's unit and the
@@ -31,13 +38,11 @@ def dense_top_backward(grad: np.ndarray, on: np.ndarray, rule: np.ndarray, hidde
     are float32 throughout); float64 out.
     """
     differs = rule - on  # (refs, units): exactly zero where the rule is 1 and the unit on, or 0 and off
-    # (logits, inputs), the image's alone: made again for each chunk of references, as keeping one per
-    # image across chunks would hold 216 KB an image (the lab's), 2 GB for 10,000 images at once.
-    image_rows = (head[:, on] @ hidden[on].astype(np.float64)).astype(np.float32)
+    rows = image_rows(on, hidden, head) if rows is None else rows  # (logits, inputs)
     unit_coefficients = ((grad @ head) * differs[:, np.newaxis]).astype(np.float32)  # (refs, classes, units)
     if out is None:
         out = np.empty(grad.shape[:2] + (hidden.shape[1],))
-    _dense_top(np.ascontiguousarray(grad, dtype=np.float32), image_rows, unit_coefficients, hidden, differs != 0, out)
+    _dense_top(np.ascontiguousarray(grad, dtype=np.float32), rows, unit_coefficients, hidden, differs != 0, out)
     return out
 
 

@@ -45,10 +45,11 @@ from fashion_shap.readings import PULLOVER, T_SHIRT, diagonal_share, sleeve_pixe
 from fashion_shap.trust.claims import claims_summary, claims_test
 from fashion_shap.trust.completeness import completeness
 from fashion_shap.trust.convergence import (
-    comparison,
     convergence_curve,
     convergence_metrics,
-    disjoint_backgrounds,
+    convergence_ranges,
+    disjoint_draw,
+    explain_ranges,
     images_outside,
 )
 from fashion_shap.trust.deletion import deletion_metrics, deletion_test
@@ -126,18 +127,15 @@ def lab_sleeves(t_shirt: np.ndarray, x_train: np.ndarray, y_train: np.ndarray, p
 
 
 
-def convergence_check(explainers: dict, background: np.ndarray, pool: np.ndarray, lab_images: np.ndarray,
-                      compared: int, sizes: list[int], rng) -> tuple[dict, dict, list[dict]]:
-    """Return each rule's values against the background and against a disjoint one of compared images,
-    and the convergence curve: sizes, then compared."""
-    print(f"trust: the lab's {len(lab_images)} images against the background of {len(background)}, "
-          f"rules {', '.join(RULES)}")
-    values = explain_all(explainers, background, lab_images)
-    print(f"trust: convergence, a disjoint background of {compared}")
-    other = explain_all(explainers, disjoint_backgrounds(pool, compared, 1, rng)[0], lab_images)
-    curve = convergence_curve(explainers, pool, lab_images, sizes, rng)
-    curve.append(comparison(compared, values, other))
-    return values, other, curve
+def disjoint_values(explainers: dict, pool: np.ndarray, lab_images: np.ndarray, compared: int, params: dict, rng
+                    ) -> tuple[dict, list[dict]]:
+    """Return each rule's values of the lab's images against the backgrounds the checks compare, all drawn at once
+    from the pool (explain_ranges): the convergence check's, by name, and the readings' disjoint ones, in a list."""
+    size, count = params["readings_size"], params["readings_backgrounds"]
+    ranges = convergence_ranges(params["convergence_sizes"], compared)
+    ranges.update({f"readings {number}": (number * size, (number + 1) * size) for number in range(count)})
+    ranged = explain_ranges(explainers, disjoint_draw(pool, ranges, rng), lab_images, ranges)
+    return ranged, [ranged[f"readings {number}"] for number in range(count)]
 
 
 def measure(model, background: np.ndarray, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
@@ -156,8 +154,11 @@ def measure(model, background: np.ndarray, x_train: np.ndarray, y_train: np.ndar
     probabilities = model.predict(images, verbose=0)
     predicted = probabilities.argmax(axis=1)
 
-    values, other, curve = convergence_check(explainers, background, pool, lab_images, compared,
-                                             params["convergence_sizes"], rng)
+    print(f"trust: the lab's {len(lab_images)} images against the background of {len(background)}, "
+          f"rules {', '.join(RULES)}")
+    values = explain_all(explainers, background, lab_images)
+    ranged, readings_values = disjoint_values(explainers, pool, lab_images, compared, params, rng)
+    other, curve = ranged["compared"], convergence_curve(values, ranged, params["convergence_sizes"], compared)
     references = background[: params["diagnostics_size"]]
     print(f"trust: diagnostics, {len(references)} references one at a time")
     per_reference = diagnostics(explainers, lab_images, references)
@@ -166,8 +167,7 @@ def measure(model, background: np.ndarray, x_train: np.ndarray, y_train: np.ndar
                              params["random_orders"], rng)
     randomization, trained, randomized = randomization_check(model, images, background, maps["shap"], params,
                                                              predicted)
-    backgrounds = disjoint_backgrounds(pool, params["readings_size"], params["readings_backgrounds"], rng)
-    claims = claims_test(explainers, lab_images, probabilities[lab], labels, backgrounds, pixels)
+    claims = claims_test(readings_values, probabilities[lab], labels, pixels)
 
     report = {
         "images": len(images),
@@ -178,7 +178,7 @@ def measure(model, background: np.ndarray, x_train: np.ndarray, y_train: np.ndar
         "randomization": randomization,
         "diagonal_share": {name: diagonal_share(rule_values, labels) for name, rule_values in values.items()},
         "readings": {
-            "backgrounds": len(backgrounds), "size": params["readings_size"], "sleeve_pixels": int(pixels.sum()),
+            "backgrounds": len(readings_values), "size": params["readings_size"], "sleeve_pixels": int(pixels.sum()),
             **{name: claims_summary(rule_claims) for name, rule_claims in claims.items()},
         },
     }

@@ -55,3 +55,23 @@ def test_input_block_equals_its_plain_rules_summed_over_references(batch_norm):
     largest = np.abs(expected).max()
     assert largest > 1e-2  # the comparison is not between zeros
     np.testing.assert_allclose(totals, expected, rtol=0, atol=1e-6 * largest)
+
+
+def test_mixed_logit_rows_equal_the_rows_they_mix():
+    """With mix, the loop takes each logit's multipliers and mixes them at the input by each class's row of mix:
+    the same values as the classes' own multipliers (their mix of the logits' rows), the backward being linear."""
+    network = Network(input_block_model(batch_norm=False, seed=5), fuse=False)
+    block = loop_at(next(loop for loop in FUSED if loop.name == "input block"), network.steps, 0)
+    images, references = random_images(2, (11, 11, 1), 6), random_images(5, (11, 11, 1), 7)
+    x, r = network.forward(images), network.forward(references)
+    rng = np.random.default_rng(8)
+    logit_rows = rng.normal(size=(2, 5, 3, 4 * 4 * 6))  # (images, refs, logits, pool output)
+    mix = rng.normal(size=(2, 5, 7, 3))  # (images, refs, classes, logits): more classes than logits
+    (relu,) = block.reads
+    args = (images, x[relu], references, r[relu], block.constants["kernel"], *block.constants["pool_size"])
+    expected, mixed = np.zeros((2, 11, 11, 1, 7)), np.zeros((2, 11, 11, 1, 7))
+    pool_conv_backward(np.einsum("krcl,krlp->krcp", mix, logit_rows), *args, expected)
+    pool_conv_backward(logit_rows, *args, mixed, mix)
+    largest = np.abs(expected).max()
+    assert largest > 1e-2
+    np.testing.assert_allclose(mixed, expected, rtol=0, atol=1e-5 * largest)

@@ -4,19 +4,17 @@ from collections import defaultdict
 
 import numpy as np
 
-from deepshap import Explainer
 from fashion_shap.readings import lab_claims
-from fashion_shap.trust.rules import explain_all
 
 
-def claims_test(explainers: dict[str, Explainer], images: np.ndarray, probabilities: np.ndarray, labels: np.ndarray,
-                backgrounds: list[np.ndarray], pixels: np.ndarray) -> dict[str, list[dict]]:
-    """Return, per rule, the lab's readings of images against each background (stages/readings.py's lab_claims)."""
+def claims_test(background_values: list[dict[str, np.ndarray]], probabilities: np.ndarray, labels: np.ndarray,
+                pixels: np.ndarray) -> dict[str, list[dict]]:
+    """Return, per rule, the lab's readings (fashion_shap.readings.lab_claims) of its images against each
+    background, from each background's values of each rule."""
     claims = defaultdict(list)
-    for number, background in enumerate(backgrounds, 1):
-        print(f"trust: the lab's readings, background {number} of {len(backgrounds)}")
-        for name, values in explain_all(explainers, background, images).items():
-            claims[name].append(lab_claims(values, probabilities, labels, pixels))
+    for values in background_values:
+        for name, rule_values in values.items():
+            claims[name].append(lab_claims(rule_values, probabilities, labels, pixels))
     return dict(claims)
 
 

@@ -18,8 +18,7 @@ def reference_norms(logit: Explainer, images: np.ndarray, references: np.ndarray
     carry them to the classes (DeepLIFT's chain rule, exact), so one pass serves every rule.
     """
     norms = {name: np.empty(len(references)) for name in multipliers}
-    for index in range(len(references)):
-        logits = logit.shap_values(images, references[index : index + 1])
+    for index, logits in enumerate(logit.reference_values(images, references)):
         logits = logits.reshape(len(images), -1, logits.shape[-1]).astype(np.float64)
         for name, rule in multipliers.items():
             norms[name][index] = np.sum(np.einsum("kpl,kcl->kpc", logits, rule[:, index]) ** 2)
