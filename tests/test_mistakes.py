@@ -25,7 +25,7 @@ import yaml
 from conftest import ROOT, assert_one_line_error, dvc, run_stage, set_param
 from mistakes_data import ARGS, IMAGES, SETTINGS, copy_with, inputs
 
-from fashion_shap.mistakes.shards import explain_in_process, explain_on_ray
+from fashion_shap.mistakes.shards import explain_in_process
 from fashion_shap.model import load_model
 from fashion_shap.params import PipelineError
 from stages.mistakes import main
@@ -211,17 +211,6 @@ def family_once_explaining(process: subprocess.Popen, timeout: float = 300) -> l
 
 
 @pytest.mark.slow
-def test_local_ray_removes_its_session_folder_and_gives_the_bytes_of_one_process(mistaken, reference, ray_root,
-                                                                                  monkeypatch):
-    monkeypatch.setenv("RAY_TMPDIR", str(ray_root))
-    model, background, images, classes = inputs(mistaken)
-    values = explain_on_ray("", 2, model, background, images, classes, SETTINGS, shard_size=4)
-    np.testing.assert_array_equal(values, reference)
-    assert (ray_root / "ray").is_dir()  # where the session was
-    assert not list((ray_root / "ray").glob("session*"))  # its folder, and the link to the latest
-
-
-@pytest.mark.slow
 def test_ctrl_c_on_ray_is_one_line_and_leaves_no_ray_process_nor_session(prepared, mistaken, tmp_path, ray_root):
     directory = slow_stage(prepared, mistaken, tmp_path / "stage")
     stage = run_mistakes(directory, RAY_TMPDIR=str(ray_root))
@@ -243,14 +232,17 @@ def test_ctrl_c_on_ray_is_one_line_and_leaves_no_ray_process_nor_session(prepare
 
 
 @pytest.mark.slow
-def test_local_ray_retries_a_worker_killed_in_a_shard_and_gives_the_bytes_of_one_process(prepared, mistaken, tmp_path):
+def test_local_ray_retries_a_worker_killed_in_a_shard_gives_the_bytes_of_one_process_and_removes_its_session(
+        prepared, mistaken, tmp_path, ray_root):
     """The stage's own local Ray, one worker per core: a worker killed while it explains a shard is
-    replaced, the shard runs again, and the values are those of one process, byte for byte."""
+    replaced, the shard runs again, and the values are those of one process, byte for byte. Then Ray's
+    session folder is gone, and the link to the latest (one local Ray started for both checks: a Ray's
+    start is most of either's time)."""
     directory = slow_stage(prepared, mistaken, tmp_path / "stage")
     model, background, images, classes = inputs(directory, background_size=200)
     expected = explain_in_process(model, background, images, classes, SETTINGS, shard_size=len(images))
 
-    stage = run_mistakes(directory)
+    stage = run_mistakes(directory, RAY_TMPDIR=str(ray_root))
     killed = None
     while killed is None and stage.poll() is None:
         worker = explaining_worker(stage)
@@ -263,6 +255,8 @@ def test_local_ray_retries_a_worker_killed_in_a_shard_and_gives_the_bytes_of_one
     assert stage.returncode == 0, stderr
     assert int(re.search(r"on (\d+) Ray workers", stdout).group(1)) >= 2  # shards ran side by side
     np.testing.assert_array_equal(np.load(directory / "out/mistakes/shap_values.npy"), expected)
+    assert (ray_root / "ray").is_dir()  # where the session was
+    assert not list((ray_root / "ray").glob("session*"))  # its folder, and the link to the latest
 
 
 # --- In the pipeline ---

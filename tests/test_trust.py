@@ -1,6 +1,8 @@
 """The trust stage on tiny data: its params, outputs and one-line errors (each check has its own test file)."""
 
 import json
+import shlex
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -50,13 +52,23 @@ def stage_args(prepared, tmp_path) -> list[str]:
     return [str(prepared / path) for path in inputs] + [str(tmp_path / name) for name in OUTPUTS]
 
 
+def built_outputs(project) -> dict[str, Path]:
+    """Return the trust stage's outputs in a project, by the names of OUTPUTS: the paths of its dvc.yaml command."""
+    paths = shlex.split(pipeline_stages(project)["trust"]["cmd"])[-len(OUTPUTS):]
+    return {name: project / path for name, path in zip(OUTPUTS, paths, strict=True)}
+
+
 @pytest.mark.slow
-def test_stage_writes_metrics_curves_and_figures(prepared, tmp_path):
-    trust_params(prepared, tmp_path)
-    run_stage("trust", *stage_args(prepared, tmp_path), cwd=tmp_path)
-    metrics = json.loads((tmp_path / "report.json").read_text())
+def test_stage_writes_metrics_curves_and_figures(built_project):
+    """What the stage wrote when `dvc repro` ran its command in the built project, with the tiny params
+    (tests/conftest.py), which the numbers below follow: a background of 20, convergence size 5, 5
+    diagnostic references, 7 deletion steps."""
+    params = yaml.safe_load((built_project / "params.yaml").read_text())["trust"]
+    assert (params["convergence_sizes"], params["diagnostics_size"], params["deletion_steps"]) == ([5], 5, 7)
+    outputs = built_outputs(built_project)
+    metrics = json.loads(outputs["report.json"].read_text())
     # The headline, for `dvc exp show`: each rule's distance between maps from disjoint backgrounds.
-    headline = json.loads((tmp_path / "trust.json").read_text())
+    headline = json.loads(outputs["trust.json"].read_text())
     assert headline == {name: {"l2": round(metrics["convergence"][name]["relative_l2"], 4)} for name in RULES}
     assert metrics["images"] == 10 and metrics["convergence"]["images"] == 10
     assert metrics["convergence"]["compared_size"] == 20 and metrics["diagnostics"]["references"] == 5
@@ -67,14 +79,14 @@ def test_stage_writes_metrics_curves_and_figures(prepared, tmp_path):
         assert set(metrics["readings"][name]) == {"diagonal", "coat", "sleeves"}
         assert 0 <= metrics["readings"][name]["coat"]["held"] <= 2
     assert set(metrics["randomization"]["rank_correlation"]) == {"top1_layers", "top2_layers", "top3_layers"}
-    header, *rows = (tmp_path / "deletion.csv").read_text().splitlines()
+    header, *rows = outputs["deletion.csv"].read_text().splitlines()
     assert header.split(",") == ["fraction_removed", "random_order"] + [
         f"{name}{order}" for name in RULES for order in ("_order", "_reverse_order")]
     assert len(rows) == 8 and rows[0].startswith("0,") and rows[-1].startswith("1,")
-    convergence = np.loadtxt(tmp_path / "convergence.csv", delimiter=",", skiprows=1)
+    convergence = np.loadtxt(outputs["convergence.csv"], delimiter=",", skiprows=1)
     assert convergence[:, 0].tolist() == [5, 20] and convergence.shape[1] == 1 + 2 * len(RULES)
     for name in ("randomization.png", "backgrounds.png"):
-        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert outputs[name].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.mark.slow
