@@ -1,4 +1,4 @@
-"""Explainer.shap_values_for_heads: several head rules in one pass, each equal to its own explainer's values."""
+"""Explainer: several head rules in one pass, each equal to its own explainer's values; a prepared background."""
 
 import numpy as np
 import pytest
@@ -19,3 +19,13 @@ def test_heads_in_one_pass_equal_each_rule_alone(classes):
         alone = explainer.shap_values(images, background, classes)
         assert together[name].shape == alone.shape
         np.testing.assert_allclose(together[name], alone, rtol=0, atol=1e-6 * np.abs(alone).max())
+
+
+def test_a_prepared_background_gives_the_same_bytes():
+    model, images, background = small_model(), random_images(3, 0), random_images(7, 1)
+    explainer = Explainer(model, "probability", "shap", chunk_size=3)
+    prepared = explainer.prepare(background)
+    assert len(prepared) == len(background) and len(prepared.chunks) == 3  # chunks of 3, 3 and 1
+    classes = np.array([[3, 1], [0, 9], [4, 4]])
+    np.testing.assert_array_equal(explainer.shap_values(images, prepared, classes),
+                                  explainer.shap_values(images, background, classes))

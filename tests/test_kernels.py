@@ -2,6 +2,7 @@
 
 import numba
 import numpy as np
+import pytest
 
 from deepshap.kernels import add_rows, fma, window_maxima
 
@@ -27,6 +28,28 @@ def test_add_rows_sums_the_chosen_rows_of_a_tile():
     add_rows(sums, coefficients, rows, used, len(used), 5, 35)
     expected = coefficients[:, used].astype(np.float64) @ rows[used, 5:35]
     np.testing.assert_allclose(sums, expected, rtol=0, atol=1e-6 * np.abs(expected).max())  # float32 sums
+
+
+@numba.njit(cache=True)
+def fma_in_row_order(sums, coefficients, rows, used, start, stop):
+    """add_rows' sums made one fma at a time, each sum over the used rows in order."""
+    for c in range(sums.shape[0]):
+        for q in range(stop - start):
+            for u in used:
+                sums[c, q] = fma(coefficients[c, u], rows[u, start + q], sums[c, q])
+
+
+@pytest.mark.parametrize("classes", [1, 2, 5])  # alone, a pair, pairs and one alone
+def test_add_rows_rounds_each_sum_as_one_fma_a_row_in_order(classes):
+    rng = np.random.default_rng(classes)
+    coefficients = rng.normal(size=(classes, 20)).astype(np.float32)
+    rows = rng.normal(size=(20, 50)).astype(np.float32)
+    used = rng.permutation(20)[:13]  # a pass of eight, then one of five padded with zeros
+    sums, expected = (rng.normal(size=(classes, 40)).astype(np.float32) for _ in range(2))
+    expected[:] = sums
+    add_rows(sums, coefficients, rows, used, len(used), 3, 43)
+    fma_in_row_order(expected, coefficients, rows, used, 3, 43)
+    np.testing.assert_array_equal(sums, expected)  # bit for bit: the same bytes on any CPU
 
 
 def test_window_maxima_take_the_first_maximum_after_relu():
