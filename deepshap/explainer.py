@@ -106,7 +106,7 @@ class Explainer:
         """Return the head rule's multipliers w.r.t. the logits, (images, references, classes, logits) float64."""
         image_logits = self.network.forward(np.asarray(images, dtype=np.float32))["logits"]
         reference_logits = self.network.forward(np.asarray(references, dtype=np.float32))["logits"]
-        return select(self.head(image_logits, reference_logits), classes)
+        return rule_rows(self.head, image_logits, reference_logits, classes)
 
     def add_chunk(self, totals: np.ndarray, images: np.ndarray, x: dict, references: np.ndarray, r: dict,
                   classes: np.ndarray | None, buffer: dict, heads: tuple[Callable, ...] | None = None) -> None:
@@ -220,9 +220,18 @@ def select(multipliers: np.ndarray, classes: np.ndarray | None) -> np.ndarray:
 
 
 
+def rule_rows(rule: Callable, image_logits: np.ndarray, reference_logits: np.ndarray, classes: np.ndarray | None
+              ) -> np.ndarray:
+    """Return a head rule's multipliers for the chosen classes, (images, refs, classes, logits) float64. The exact
+    Shapley rule computes those alone (its cost grows with the classes); the others all, then select."""
+    if rule is head.shapley_softmax:
+        return rule(image_logits, reference_logits, classes)
+    return select(rule(image_logits, reference_logits), classes)
+
+
 def head_rows(heads: tuple[Callable, ...], image_logits: np.ndarray, reference_logits: np.ndarray,
               classes: np.ndarray | None) -> np.ndarray:
     """Return each head rule's multipliers for the chosen classes, one rule after the other on the classes'
     axis: (images, refs, rules x classes, logits) float64."""
-    rows = [select(rule(image_logits, reference_logits), classes) for rule in heads]
+    rows = [rule_rows(rule, image_logits, reference_logits, classes) for rule in heads]
     return rows[0] if len(rows) == 1 else np.concatenate(rows, axis=2)

@@ -190,6 +190,16 @@ def test_shapley_multipliers_equal_a_brute_force_shapley_computation():
         np.testing.assert_allclose(phi.sum(axis=1), softmax(zx[k]) - softmax(zr[r]), atol=1e-12)  # efficiency
 
 
+def test_shapley_multipliers_of_chosen_classes_are_the_rows_of_all_classes_bit_for_bit():
+    rng = np.random.default_rng(2)
+    zx, zr = rng.normal(0, 2, (3, 10)), rng.normal(0, 2, (4, 10))
+    classes = np.array([[7], [0], [9]]), np.array([[3, 1], [4, 4], [9, 0]])  # one each; two, a class twice
+    everything = shapley_softmax(zx, zr)
+    for chosen in classes:
+        expected = everything[np.arange(3)[:, np.newaxis], :, chosen].transpose(0, 2, 1, 3)
+        np.testing.assert_array_equal(shapley_softmax(zx, zr, chosen), expected)
+
+
 def test_shapley_multipliers_stay_within_a_quarter_on_ties_and_tiny_changes():
     rng = np.random.default_rng(1)
     zr = rng.normal(0, 3, (6, 10))
