@@ -87,7 +87,7 @@ class Explainer:
             total += self.predict(background[start : start + PREDICT_BATCH]).astype(np.float64).sum(axis=0)
         return total / len(background)
 
-    def chunks(self, background: "np.ndarray | Background") -> Iterator[tuple[np.ndarray, dict]]:
+    def chunks(self, background: np.ndarray | Background) -> Iterator[tuple[np.ndarray, dict]]:
         """Yield (references, their forward values) a chunk at a time."""
         if isinstance(background, Background):
             yield from background.chunks
@@ -153,7 +153,7 @@ class Explainer:
                                [x[index][done] for index in block.reads], references,
                                [r[index] for index in block.reads], totals[done], None if mix is None else mix[done])
 
-    def shap_values(self, images: np.ndarray, background: "np.ndarray | Background", classes: np.ndarray | None = None,
+    def shap_values(self, images: np.ndarray, background: np.ndarray | Background, classes: np.ndarray | None = None,
                     progress: Callable[[int], None] | None = None) -> np.ndarray:
         """Return the values in shap's layout, (images, rows, columns, channels, classes) float32.
 
@@ -190,7 +190,7 @@ class Explainer:
         values = self.explain(tuple(heads.values()), images, background, classes)
         return dict(zip(heads, np.split(values, len(heads), axis=-1)))
 
-    def explain(self, heads: tuple[Callable, ...], images: np.ndarray, background: "np.ndarray | Background",
+    def explain(self, heads: tuple[Callable, ...], images: np.ndarray, background: np.ndarray | Background,
                 classes: np.ndarray | None, progress: Callable[[int], None] | None = None) -> np.ndarray:
         """Return the values of each head rule in heads, their classes one rule after the other on the last axis."""
         images = np.ascontiguousarray(images, dtype=np.float32)
@@ -217,7 +217,6 @@ def select(multipliers: np.ndarray, classes: np.ndarray | None) -> np.ndarray:
         return multipliers
     classes = np.asarray(classes)
     return multipliers[np.arange(len(classes))[:, np.newaxis], :, classes].transpose(0, 2, 1, 3)
-
 
 
 def rule_rows(rule: Callable, image_logits: np.ndarray, reference_logits: np.ndarray, classes: np.ndarray | None

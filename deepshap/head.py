@@ -95,8 +95,8 @@ def shapley_softmax(image_logits: np.ndarray, reference_logits: np.ndarray, clas
     Each multiplier is a weighted mean of secant slopes of softmax(z)[c] along z[l], so it lies in
     [-1/4, 1/4]; where a logit does not move it is the mean of the softmax's derivative, the limit.
     classes: None for every class, or (images, k) ints, each image's rows in that order (as
-    deepshap.explainer.select picks them): only those are computed, with the same bytes (measured: a
-    third of the time for one class of ten).
+    deepshap.explainer.select picks them): only those are computed, with the same bytes (measured: 0.45 of
+    the time for one class of ten, 20 images x 1,000 references).
     """
     logits = image_logits.shape[1]
     if logits > MAX_SHAPLEY_LOGITS:

@@ -103,8 +103,8 @@ def add_rows(sums, coefficients, rows, used, count, start, stop):
 
     Eight rows a pass, so each sum is loaded and stored once per eight products; a last pass of fewer
     adds zeros for the rest (0 * a finite number, exactly). Two classes a pass, so each row's vector
-    is loaded once for both: the loads, not the fmas, bound this loop (measured: the lab's top 1.2x
-    faster at 2 and at 10 classes; four classes a pass spilled registers, 3x slower). Each sum keeps its
+    is loaded once for both: the loads, not the fmas, bound this loop (measured: the lab's top 1.15x
+    faster at 2 classes, 1.1x at 10; four classes a pass spilled registers, 3x slower). Each sum keeps its
     order of fmas, so the pairing changes no bit. Indices count from 0 within the tile: LLVM
     vectorises only loops whose indices it knows are not negative.
     """
