@@ -23,6 +23,7 @@ deepshap.cache's shared folder (~/.cache/numba/deepshap, or under NUMBA_CACHE_DI
 import numba
 import numpy as np
 from llvmlite import ir
+from numba.core import cgutils, types
 from numba.extending import intrinsic
 
 from deepshap.head import LINEAR_EPSILON, NONLINEAR_EPSILON
@@ -42,6 +43,33 @@ def fma(typingctx, a, b, c):
         return builder.call(builder.module.declare_intrinsic("llvm.fma", [kind], ir.FunctionType(kind, [kind] * 3)),
                             args)
     return a(a, b, c), codegen
+
+
+@intrinsic
+def fma_lanes(typingctx, out, at, weight, values, start):
+    """out[at:at + LANES] = fma(weight, values[start:start + LANES], out[at:at + LANES]): one vector fma.
+
+    Each lane is the scalar fma above, so the bits are the same; written out because LLVM compiles a loop
+    over a run-time count of lanes with alias and trip-count checks and a scalar tail at every call,
+    which in the input block's scatter cost more than the arithmetic. The caller keeps both slices in bounds.
+    """
+    if not (weight == types.float32 and out.dtype == values.dtype == types.float32):
+        return None  # a typing error at the call: the vector is float32 only
+    def codegen(context, builder, signature, args):
+        out_array = context.make_array(signature.args[0])(context, builder, args[0])
+        values_array = context.make_array(signature.args[3])(context, builder, args[3])
+        vector = ir.VectorType(ir.FloatType(), LANES)
+        at_pointer = builder.bitcast(builder.gep(out_array.data, [args[1]]), vector.as_pointer())
+        values_pointer = builder.bitcast(builder.gep(values_array.data, [args[4]]), vector.as_pointer())
+        sums, products = builder.load(at_pointer, align=4), builder.load(values_pointer, align=4)
+        one = builder.insert_element(ir.Constant(vector, ir.Undefined), args[2], ir.Constant(ir.IntType(32), 0))
+        weights = builder.shuffle_vector(one, ir.Constant(vector, ir.Undefined),
+                                         ir.Constant(ir.VectorType(ir.IntType(32), LANES), [0] * LANES))
+        fma_vector = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vector, [vector] * 3),
+                                                    f"llvm.fma.v{LANES}f32")
+        builder.store(builder.call(fma_vector, [weights, products, sums]), at_pointer, align=4)
+        return context.get_dummy_value()
+    return types.void(out, at, weight, values, start), codegen
 
 
 @numba.njit(inline="always")

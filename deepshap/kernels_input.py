@@ -12,7 +12,7 @@ in them. See deepshap.kernels on its determinism and cache.
 import numba
 import numpy as np
 
-from deepshap.kernels import LANES, THREAD_BLOCKS, fma, routed, window_maxima
+from deepshap.kernels import LANES, THREAD_BLOCKS, fma, fma_lanes, routed, window_maxima
 
 
 def pool_conv_backward(pooled_grad: np.ndarray, images: np.ndarray, image_conv_in: np.ndarray, references: np.ndarray,
@@ -83,14 +83,16 @@ def _make_pool_conv(kh, kw, channels):
             reference_at = np.empty((qh, qw, filters, 2), dtype=np.int32)
             grad_in = np.zeros((rows, columns, channels, lanes), dtype=np.float32)
             flat = grad_in.reshape(-1)
-            value = np.zeros(lanes, dtype=np.float32)
+            value = np.zeros((filters, lanes), dtype=np.float32)  # padding lanes stay 0
+            kept = np.empty(filters, dtype=np.int64)
+            bases = np.empty(filters, dtype=np.int64)
             mixed = np.zeros(1 if mix is None else mix.shape[3], dtype=np.float32)
             for r in range(block * n // blocks, (block + 1) * n // blocks):
                 window_maxima(reference_conv_in[r], pool_rows, pool_columns, reference_max, reference_at)
                 for k in range(count):
                     grad_in[:] = 0
                     _scatter(pooled_grad[k, r], image_max[k], image_at[k], reference_max, reference_at,
-                             image_conv_in[k], reference_conv_in[r], kernel, kh, kw, channels, columns, value, flat)
+                             image_conv_in[k], reference_conv_in[r], kernel, kh, kw, channels, columns, value, flat, kept, bases)
                     if mix is None:
                         _add_products(grad_in, images[k], references[r], channels, partial[block, k])
                     else:
@@ -102,17 +104,20 @@ def _make_pool_conv(kh, kw, channels):
 
 @numba.njit(inline="always")
 def _scatter(grad, image_max, image_at, reference_max, reference_at, image, reference, kernel, kh, kw, channels,
-             columns, value, flat):
+             columns, value, flat, kept, bases):
     """Add one pair's multipliers at the input to flat, (rows, columns, channels, lanes) float32 flattened.
 
     grad (classes, pooled rows x pooled columns x filters): the multipliers at the pool's output.
-    Window by window, filter by filter, the multiplier routed through the max-pool and ReLU rules,
-    value (lanes,) float32, goes straight into the input's window, times the kernel.
+    Window by window: first each filter's multiplier, routed through the max-pool and ReLU rules, goes to
+    value (filters, lanes) float32, with the filter in kept and its window's corner in bases (filters,);
+    then each kept filter's row goes into the input's window, times the kernel, a vector of lanes at a time.
+    Two passes, so that the routing's branches stay out of the loop of vector fmas.
     """
     qh, qw, filters = reference_max.shape
-    lanes = value.shape[0]
+    lanes = value.shape[1]
     for qi in range(qh):
         for qj in range(qw):
+            n = 0
             for f in range(filters):
                 i, j, scale, delta, relu = routed(image_max[qi, qj, f], reference_max[qi, qj, f],
                                                   image_at[qi, qj, f, 0], image_at[qi, qj, f, 1],
@@ -123,15 +128,18 @@ def _scatter(grad, image_max, image_at, reference_max, reference_at, image, refe
                 p = (qi * qw + qj) * filters + f
                 factor = np.float64(scale) / delta * relu  # one division, not one per class
                 for c in range(grad.shape[0]):
-                    value[c] = np.float32(grad[c, p] * factor)
+                    value[n, c] = np.float32(grad[c, p] * factor)
+                kept[n] = f
+                bases[n] = (i * columns + j) * channels * lanes
+                n += 1
+            for t in range(n):
+                f = kept[t]
                 for a in range(kh):
                     for b in range(kw):
                         for ch in range(channels):
-                            weight = kernel[f, a, b, ch]
-                            # An unsigned index: NumPy's wraparound of negative ones keeps LLVM from vectorising.
-                            base = (((i + a) * columns + j + b) * channels + ch) * lanes
-                            for c in range(lanes):
-                                flat[np.uint64(base + c)] = fma(weight, value[c], flat[np.uint64(base + c)])
+                            at = bases[t] + ((a * columns + b) * channels + ch) * lanes
+                            for c in range(0, lanes, LANES):
+                                fma_lanes(flat, at + c, kernel[f, a, b, ch], value[t], c)
 
 
 @numba.njit(inline="always")
