@@ -7,7 +7,7 @@ fast, and deepshap.kernels on its determinism and cache.
 import numba
 import numpy as np
 
-from deepshap.kernels import THREAD_BLOCKS, TILE, add_rows
+from deepshap.kernels import THREAD_BLOCKS, TILE, add_tile
 
 
 def image_rows(on: np.ndarray, hidden: np.ndarray, head: np.ndarray) -> np.ndarray:
@@ -74,6 +74,6 @@ def _dense_top(grad, image_rows, unit_coefficients, hidden, differs, out):
             stop = min(inputs, start + TILE)
             for r in range(first, last):
                 sums[:] = 0
-                add_rows(sums, grad[r], image_rows, all_logits, logits, start, stop)
-                add_rows(sums, unit_coefficients[r], hidden, used[r - first], counts[r - first], start, stop)
+                add_tile(sums, grad[r], image_rows, all_logits, logits, start, stop)
+                add_tile(sums, unit_coefficients[r], hidden, used[r - first], counts[r - first], start, stop)
                 out[r, :, start:stop] = sums[:, : stop - start]

@@ -4,7 +4,7 @@ import numba
 import numpy as np
 import pytest
 
-from deepshap.kernels import LANES, add_rows, fma, fma_lanes, window_maxima
+from deepshap.kernels import BLOCKS, LANES, VECTOR, add_rows, add_tile, fma, fma_lanes, window_maxima
 
 
 @numba.njit(cache=True)
@@ -68,6 +68,28 @@ def test_add_rows_rounds_each_sum_as_one_fma_a_row_in_order(classes):
     expected[:] = sums
     add_rows(sums, coefficients, rows, used, len(used), 3, 43)
     fma_in_row_order(expected, coefficients, rows, used, 3, 43)
+    np.testing.assert_array_equal(sums, expected)  # bit for bit: the same bytes on any CPU
+
+
+@numba.njit(cache=True)
+def tile_sums(sums, coefficients, rows, used, count, start, stop):
+    add_tile(sums, coefficients, rows, used, count, start, stop)
+
+
+# Blocks of 5, 2 and 1 classes, each with whole blocks of columns and add_rows' columns past them.
+@pytest.mark.parametrize("classes", [1, 2, 3, 7, 10])
+def test_add_tile_rounds_each_sum_as_one_fma_a_row_in_order(classes):
+    rng = np.random.default_rng(classes)
+    columns = 2 * BLOCKS[1] * VECTOR + 5
+    coefficients = rng.normal(size=(classes, 30)).astype(np.float32)
+    coefficients[:, 4] = 0  # a zero coefficient adds nothing, in a block or in add_rows
+    rows = rng.normal(size=(30, columns + 9)).astype(np.float32)
+    used = rng.permutation(30)[:21]
+    sums = np.zeros((classes, columns), dtype=np.float32)  # the top's sums start at +0
+    expected = sums.copy()
+    tile_sums(sums, coefficients, rows, used, len(used), 9, columns + 9)
+    fma_in_row_order(expected, coefficients, rows, used, 9, columns + 9)
+    assert np.abs(sums).min() > 0  # every column was summed
     np.testing.assert_array_equal(sums, expected)  # bit for bit: the same bytes on any CPU
 
 
