@@ -60,31 +60,64 @@ def fma(typingctx, a, b, c):
     return a(a, b, c), codegen
 
 
-@intrinsic
-def fma_lanes(typingctx, out, at, weight, values, start):
-    """out[at:at + LANES] = fma(weight, values[start:start + LANES], out[at:at + LANES]): one vector fma.
+class IR:
+    """What the vector loops' code generators share: an intrinsic's arguments as LLVM values and pointers, float32
+    vectors of a width, and their fma."""
 
-    Each lane is the scalar fma above, so the bits are the same; written out because LLVM compiles a loop
-    over a run-time count of lanes with alias and trip-count checks and a scalar tail at every call,
-    which in the input block's scatter cost more than the arithmetic. The caller keeps both slices in bounds.
-    """
-    if not (weight == types.float32 and out.dtype == values.dtype == types.float32):
-        return None  # a typing error at the call: the vector is float32 only
-    def codegen(context, builder, signature, args):
-        out_array = context.make_array(signature.args[0])(context, builder, args[0])
-        values_array = context.make_array(signature.args[3])(context, builder, args[3])
-        vector = ir.VectorType(ir.FloatType(), LANES)
-        at_pointer = builder.bitcast(builder.gep(out_array.data, [args[1]]), vector.as_pointer())
-        values_pointer = builder.bitcast(builder.gep(values_array.data, [args[4]]), vector.as_pointer())
-        sums, products = builder.load(at_pointer, align=4), builder.load(values_pointer, align=4)
-        one = builder.insert_element(ir.Constant(vector, ir.Undefined), args[2], ir.Constant(ir.IntType(32), 0))
-        weights = builder.shuffle_vector(one, ir.Constant(vector, ir.Undefined),
-                                         ir.Constant(ir.VectorType(ir.IntType(32), LANES), [0] * LANES))
-        fma_vector = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vector, [vector] * 3),
-                                                    f"llvm.fma.v{LANES}f32")
-        builder.store(builder.call(fma_vector, [weights, products, sums]), at_pointer, align=4)
-        return context.get_dummy_value()
-    return types.void(out, at, weight, values, start), codegen
+    def __init__(self, context, builder, signature, args, width: int):
+        self.context, self.builder, self.signature, self.args = context, builder, signature, args
+        self.vector = ir.VectorType(ir.FloatType(), width)
+        self.width = width
+        self.fma_vector = cgutils.get_or_insert_function(builder.module, ir.FunctionType(self.vector, [self.vector] * 3),
+                                                         f"llvm.fma.v{width}f32")
+
+    def index(self, position: int):
+        """The integer argument at position, as intp."""
+        return self.context.cast(self.builder, self.args[position], self.signature.args[position], types.intp)
+
+    def constant(self, value: int):
+        return ir.Constant(cgutils.intp_t, value)
+
+    def add(self, a, b):
+        return self.builder.add(a, b)
+
+    def element(self, position: int, *indices):
+        """A pointer to the C-contiguous array argument at position, at indices (intp values)."""
+        array = self.context.make_array(self.signature.args[position])(self.context, self.builder, self.args[position])
+        return cgutils.get_item_pointer2(self.context, self.builder, array.data,
+                                         cgutils.unpack_tuple(self.builder, array.shape),
+                                         cgutils.unpack_tuple(self.builder, array.strides), "C", list(indices))
+
+    def vector_at(self, pointer):
+        """pointer (to a float32) as a pointer to a vector: its loads and stores say align 4, as any float32's."""
+        return self.builder.bitcast(pointer, self.vector.as_pointer())
+
+    def splat(self, pointer):
+        """A vector of the float32 at pointer in every lane."""
+        one = self.builder.insert_element(ir.Constant(self.vector, ir.Undefined), self.builder.load(pointer),
+                                          ir.Constant(ir.IntType(32), 0))
+        return self.builder.shuffle_vector(one, ir.Constant(self.vector, ir.Undefined),
+                                           ir.Constant(ir.VectorType(ir.IntType(32), self.width), [0] * self.width))
+
+    def sums(self, pointers: list) -> list:
+        """Stack slots holding the vectors at pointers (LLVM keeps them in registers)."""
+        slots = [cgutils.alloca_once(self.builder, self.vector) for _ in pointers]
+        for slot, pointer in zip(slots, pointers):
+            self.builder.store(self.builder.load(pointer, align=4), slot)
+        return slots
+
+    def fma_into(self, slot, weights, values) -> None:
+        """slot = fma(weights, values, slot), lane by lane: each lane the scalar fma, rounded once."""
+        self.builder.store(self.builder.call(self.fma_vector, [weights, values, self.builder.load(slot)]), slot)
+
+    def store(self, slots: list, pointers: list) -> None:
+        for slot, pointer in zip(slots, pointers):
+            self.builder.store(self.builder.load(slot), pointer, align=4)
+
+
+def float32_arrays(*arrays) -> bool:
+    """Whether each is a C-contiguous float32 array: what the vector loops' intrinsics take."""
+    return all(isinstance(a, types.Array) and a.dtype == types.float32 and a.layout == "C" for a in arrays)
 
 
 def _row_block(classes: int, vectors: int):
@@ -94,55 +127,29 @@ def _row_block(classes: int, vectors: int):
 
     The sums stay in registers through all the rows: each row's vectors are loaded once for all the block's
     classes and each sum is loaded and stored once (add_rows loads and stores them every eight rows).
-    Every array float32, two axes, C-contiguous (used int64); the caller keeps the block in bounds.
+    sums, coefficients and rows float32 with two axes, used int64, all C-contiguous; the caller keeps the
+    block in bounds.
     """
-    width = VECTOR
-    vector = ir.VectorType(ir.FloatType(), width)
-    splat_mask = ir.Constant(ir.VectorType(ir.IntType(32), width), [0] * width)
-
     @intrinsic
     def add_block(typingctx, sums, first, column, coefficients, rows, row_column, used, count):
-        if not all(isinstance(a, types.Array) and a.dtype == types.float32 and a.ndim == 2 and a.layout == "C"
-                   for a in (sums, coefficients, rows)):
+        if not (float32_arrays(sums, coefficients, rows) and sums.ndim == coefficients.ndim == rows.ndim == 2):
             return None  # a typing error at the call
 
         def codegen(context, builder, signature, args):
-            def index(position):
-                return context.cast(builder, args[position], signature.args[position], types.intp)
-
-            def pointer(position, i, j):
-                array = context.make_array(signature.args[position])(context, builder, args[position])
-                return cgutils.get_item_pointer2(context, builder, array.data, cgutils.unpack_tuple(builder, array.shape),
-                                                 cgutils.unpack_tuple(builder, array.strides), "C", [i, j])
-
-            def constant(value):
-                return ir.Constant(cgutils.intp_t, value)
-
-            fma_vector = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vector, [vector] * 3),
-                                                        f"llvm.fma.v{width}f32")
-            first_class, sums_column, rows_column = index(1), index(2), index(5)
-            class_rows = [builder.add(first_class, constant(c)) for c in range(classes)]
-            at = [[builder.bitcast(pointer(0, class_rows[c], builder.add(sums_column, constant(v * width))),
-                                   vector.as_pointer()) for v in range(vectors)] for c in range(classes)]
-            slots = [[cgutils.alloca_once(builder, vector) for _ in range(vectors)] for _ in range(classes)]
-            for c in range(classes):
-                for v in range(vectors):
-                    builder.store(builder.load(at[c][v], align=4), slots[c][v])
-            used_array = context.make_array(signature.args[6])(context, builder, args[6])
-            with cgutils.for_range(builder, index(7)) as loop:
-                unit = builder.load(builder.gep(used_array.data, [loop.index]))
-                values = [builder.load(builder.bitcast(pointer(4, unit, builder.add(rows_column, constant(v * width))),
-                                                       vector.as_pointer()), align=4) for v in range(vectors)]
-                for c in range(classes):
-                    weight = builder.load(pointer(3, class_rows[c], unit))
-                    one = builder.insert_element(ir.Constant(vector, ir.Undefined), weight, ir.Constant(ir.IntType(32), 0))
-                    weights = builder.shuffle_vector(one, ir.Constant(vector, ir.Undefined), splat_mask)
+            code = IR(context, builder, signature, args, VECTOR)
+            class_rows = [code.add(code.index(1), code.constant(c)) for c in range(classes)]
+            columns = [code.add(code.index(2), code.constant(v * VECTOR)) for v in range(vectors)]
+            row_columns = [code.add(code.index(5), code.constant(v * VECTOR)) for v in range(vectors)]
+            at = [code.vector_at(code.element(0, row, column)) for row in class_rows for column in columns]
+            slots = code.sums(at)  # class by class, each class's vectors in order
+            with cgutils.for_range(builder, code.index(7)) as loop:
+                unit = builder.load(code.element(6, loop.index))
+                values = [builder.load(code.vector_at(code.element(4, unit, column)), align=4) for column in row_columns]
+                for c, row in enumerate(class_rows):
+                    weights = code.splat(code.element(3, row, unit))
                     for v in range(vectors):
-                        builder.store(builder.call(fma_vector, [weights, values[v], builder.load(slots[c][v])]),
-                                      slots[c][v])
-            for c in range(classes):
-                for v in range(vectors):
-                    builder.store(builder.load(slots[c][v]), at[c][v], align=4)
+                        code.fma_into(slots[c * vectors + v], weights, values[v])
+            code.store(slots, at)
             return context.get_dummy_value()
 
         return types.void(sums, first, column, coefficients, rows, row_column, used, count), codegen

@@ -11,8 +11,14 @@ in them. See deepshap.kernels on its determinism and cache.
 
 import numba
 import numpy as np
+from numba.core import cgutils, errors, types
+from numba.extending import intrinsic
 
-from deepshap.kernels import LANES, THREAD_BLOCKS, fma, fma_lanes, routed, window_maxima
+from deepshap.kernels import IR, LANES, THREAD_BLOCKS, VECTOR, float32_arrays, fma, routed, window_maxima
+
+# Input positions of a window's region summed in registers at once: as many vectors as the CPU's vector
+# registers hold beside a filter's values and a weight (32 with AVX-512, 16 else).
+REGION_VECTORS = 24 if VECTOR == 16 else 12
 
 
 def pool_conv_backward(pooled_grad: np.ndarray, images: np.ndarray, image_conv_in: np.ndarray, references: np.ndarray,
@@ -31,11 +37,59 @@ def pool_conv_backward(pooled_grad: np.ndarray, images: np.ndarray, image_conv_i
     The loop is compiled for the kernel's shape, so that its window's loops have fixed lengths
     (measured: 1.5x faster than with them read at run time).
     """
-    key = kernel.shape[1:]
+    key = kernel.shape[1:] + (pool_rows, pool_columns)
     if key not in POOL_CONV:
         POOL_CONV[key] = _make_pool_conv(*key)
     POOL_CONV[key](pooled_grad, _read_only(images), image_conv_in, _read_only(references), reference_conv_in,
-                   kernel.astype(np.float32), pool_rows, pool_columns, totals, None if mix is None else mixing(mix))
+                   region_weights(kernel, pool_rows, pool_columns), totals, None if mix is None else mixing(mix))
+
+
+def region_weights(kernel: np.ndarray, pool_rows: int, pool_columns: int) -> np.ndarray:
+    """Return each filter's kernel placed in a pool window's region of the input, for each position of the
+    window's maximum: (filters, pool rows x pool columns, region rows x region columns x channels) float32, zeros
+    outside the kernel. The region: the input positions that a window's conv outputs read, (pool rows + kernel
+    rows - 1) x (pool columns + kernel columns - 1), 4 x 4 in the lab's model."""
+    filters, kh, kw, channels = kernel.shape
+    table = np.zeros((filters, pool_rows, pool_columns, pool_rows + kh - 1, pool_columns + kw - 1, channels),
+                     dtype=np.float32)
+    for di in range(pool_rows):
+        for dj in range(pool_columns):
+            table[:, di, dj, di : di + kh, dj : dj + kw] = kernel
+    return table.reshape(filters, pool_rows * pool_columns, -1)
+
+
+@intrinsic
+def add_region(typingctx, flat, base, offsets, first, positions, lane, width, value, kept, corners, table, count):
+    """Add, for t < count in order, table[kept[t], corners[t], p] * value[t, lane:lane + width] to
+    flat[base + offsets[p] + lane:...], for the region's positions p = first .. first + positions - 1.
+
+    The positions' sums stay in registers through all of a window's filters, and each sum adds every filter
+    in order: a filter's zero weights (positions outside its kernel) add nothing, fma(0, x, s) being s
+    for a finite x and a sum that starts at +0. positions and width: constants of the caller. flat, value
+    (filters, lanes) and table float32, offsets, kept and corners int64, all C-contiguous; the caller keeps
+    every vector in bounds.
+    """
+    if not (isinstance(positions, types.IntegerLiteral) and isinstance(width, types.IntegerLiteral)):
+        raise errors.RequireLiteralValue("add_region's positions and width must be constants")
+    if not float32_arrays(flat, value, table):
+        return None  # a typing error at the call
+
+    def codegen(context, builder, signature, args):
+        code = IR(context, builder, signature, args, width.literal_value)
+        base, first, lane = code.index(1), code.index(3), code.index(5)
+        places = [code.add(first, code.constant(p)) for p in range(positions.literal_value)]
+        at = [code.vector_at(code.element(0, code.add(code.add(base, builder.load(code.element(2, place))), lane)))
+              for place in places]
+        slots = code.sums(at)
+        with cgutils.for_range(builder, code.index(11)) as loop:
+            f, corner = builder.load(code.element(8, loop.index)), builder.load(code.element(9, loop.index))
+            values = builder.load(code.vector_at(code.element(7, loop.index, lane)), align=4)
+            for slot, place in zip(slots, places):
+                code.fma_into(slot, code.splat(code.element(10, f, corner, place)), values)
+        code.store(slots, at)
+        return context.get_dummy_value()
+
+    return types.void(flat, base, offsets, first, positions, lane, width, value, kept, corners, table, count), codegen
 
 
 def mixing(mix: np.ndarray) -> np.ndarray:
@@ -57,14 +111,18 @@ def _read_only(array: np.ndarray) -> np.ndarray:
     return view
 
 
-POOL_CONV = {}  # {(kernel rows, kernel columns, channels): the loop compiled for that kernel shape}
+POOL_CONV = {}  # {(kernel rows, kernel columns, channels, pool rows, pool columns): the loop compiled for them}
 
 
-def _make_pool_conv(kh, kw, channels):
+def _make_pool_conv(kh, kw, channels, pool_rows, pool_columns):
+    region_rows, region_columns = pool_rows + kh - 1, pool_columns + kw - 1
+    region = region_rows * region_columns * channels  # input positions a window's outputs read
+    group = min(region, REGION_VECTORS)  # positions summed in registers at once
+    rest = region % group  # positions in the last, smaller group
+
     # cache=True: the machine code goes to deepshap.cache's shared folder, keyed by the closure's values too.
     @numba.njit(parallel=True, cache=True)
-    def pool_conv(pooled_grad, images, image_conv_in, references, reference_conv_in, kernel, pool_rows, pool_columns,
-                  totals, mix):
+    def pool_conv(pooled_grad, images, image_conv_in, references, reference_conv_in, table, totals, mix):
         """pool_conv_backward's loop. Each thread takes a block of references and pairs each with every
         image while it is in cache; partial sums per block, added in block order."""
         count, rows, columns, _ = images.shape
@@ -78,68 +136,80 @@ def _make_pool_conv(kh, kw, channels):
         blocks = min(THREAD_BLOCKS, n)
         partial = np.zeros((blocks, count, rows, columns, channels, classes))
         lanes = -(-pooled_grad.shape[2] // LANES) * LANES  # each input position's multipliers, padded to whole vectors
+        step = VECTOR if lanes % VECTOR == 0 else LANES
         for block in numba.prange(blocks):
             reference_max = np.empty((qh, qw, filters), dtype=np.float32)
             reference_at = np.empty((qh, qw, filters, 2), dtype=np.int32)
             grad_in = np.zeros((rows, columns, channels, lanes), dtype=np.float32)
             flat = grad_in.reshape(-1)
+            offsets = np.empty(region, dtype=np.int64)  # each region position's offset in flat from its corner
+            for u in range(region_rows):
+                for v in range(region_columns):
+                    for ch in range(channels):
+                        offsets[(u * region_columns + v) * channels + ch] = ((u * columns + v) * channels + ch) * lanes
             value = np.zeros((filters, lanes), dtype=np.float32)  # padding lanes stay 0
             kept = np.empty(filters, dtype=np.int64)
-            bases = np.empty(filters, dtype=np.int64)
+            corners = np.empty(filters, dtype=np.int64)
             mixed = np.zeros(1 if mix is None else mix.shape[3], dtype=np.float32)
             for r in range(block * n // blocks, (block + 1) * n // blocks):
                 window_maxima(reference_conv_in[r], pool_rows, pool_columns, reference_max, reference_at)
                 for k in range(count):
                     grad_in[:] = 0
-                    _scatter(pooled_grad[k, r], image_max[k], image_at[k], reference_max, reference_at,
-                             image_conv_in[k], reference_conv_in[r], kernel, kh, kw, channels, columns, value, flat, kept, bases)
+                    for qi in range(qh):
+                        for qj in range(qw):
+                            kept_count = _route(pooled_grad[k, r], qi, qj, image_max[k], image_at[k], reference_max,
+                                                reference_at, image_conv_in[k], reference_conv_in[r], pool_rows,
+                                                pool_columns, value, kept, corners)
+                            base = (qi * pool_rows * columns + qj * pool_columns) * channels * lanes
+                            # The region's groups of positions, a vector of lanes at a time: the CPU's widest
+                            # where the lanes fill it. add_region's sizes must be constants, hence two calls each.
+                            for lane in range(0, lanes, step):
+                                for first in range(0, region - rest, group):
+                                    if step == VECTOR:
+                                        add_region(flat, base, offsets, first, group, lane, VECTOR, value, kept,
+                                                   corners, table, kept_count)
+                                    else:
+                                        add_region(flat, base, offsets, first, group, lane, LANES, value, kept,
+                                                   corners, table, kept_count)
+                                if rest and step == VECTOR:
+                                    add_region(flat, base, offsets, region - rest, rest, lane, VECTOR, value, kept,
+                                               corners, table, kept_count)
+                                elif rest:
+                                    add_region(flat, base, offsets, region - rest, rest, lane, LANES, value, kept,
+                                               corners, table, kept_count)
                     if mix is None:
                         _add_products(grad_in, images[k], references[r], channels, partial[block, k])
                     else:
                         _add_mixed_products(grad_in, images[k], references[r], mix[k, r], mixed, partial[block, k])
         for block in range(blocks):
             totals += partial[block]
+
     return pool_conv
 
 
 @numba.njit(inline="always")
-def _scatter(grad, image_max, image_at, reference_max, reference_at, image, reference, kernel, kh, kw, channels,
-             columns, value, flat, kept, bases):
-    """Add one pair's multipliers at the input to flat, (rows, columns, channels, lanes) float32 flattened.
-
-    grad (classes, pooled rows x pooled columns x filters): the multipliers at the pool's output.
-    Window by window: first each filter's multiplier, routed through the max-pool and ReLU rules, goes to
-    value (filters, lanes) float32, with the filter in kept and its window's corner in bases (filters,);
-    then each kept filter's row goes into the input's window, times the kernel, a vector of lanes at a time.
-    Two passes, so that the routing's branches stay out of the loop of vector fmas.
-    """
-    qh, qw, filters = reference_max.shape
-    lanes = value.shape[1]
-    for qi in range(qh):
-        for qj in range(qw):
-            n = 0
-            for f in range(filters):
-                i, j, scale, delta, relu = routed(image_max[qi, qj, f], reference_max[qi, qj, f],
-                                                  image_at[qi, qj, f, 0], image_at[qi, qj, f, 1],
-                                                  reference_at[qi, qj, f, 0], reference_at[qi, qj, f, 1], image,
-                                                  reference, f)
-                if scale == 0:
-                    continue
-                p = (qi * qw + qj) * filters + f
-                factor = np.float64(scale) / delta * relu  # one division, not one per class
-                for c in range(grad.shape[0]):
-                    value[n, c] = np.float32(grad[c, p] * factor)
-                kept[n] = f
-                bases[n] = (i * columns + j) * channels * lanes
-                n += 1
-            for t in range(n):
-                f = kept[t]
-                for a in range(kh):
-                    for b in range(kw):
-                        for ch in range(channels):
-                            at = bases[t] + ((a * columns + b) * channels + ch) * lanes
-                            for c in range(0, lanes, LANES):
-                                fma_lanes(flat, at + c, kernel[f, a, b, ch], value[t], c)
+def _route(grad, qi, qj, image_max, image_at, reference_max, reference_at, image, reference, pool_rows, pool_columns,
+           value, kept, corners):
+    """Return how many filters window (qi, qj) passes a multiplier to, after routing each through the max-pool and
+    ReLU rules: the filters in kept, their values (classes, of grad (classes, pooled rows x pooled columns x
+    filters)) in value's rows, and where in the pool window each one goes (its row x pool columns + its column) in
+    corners. The routing's branches stay out of the region's loop of vector fmas."""
+    qw, filters = reference_max.shape[1:]
+    n = 0
+    for f in range(filters):
+        i, j, scale, delta, relu = routed(image_max[qi, qj, f], reference_max[qi, qj, f], image_at[qi, qj, f, 0],
+                                          image_at[qi, qj, f, 1], reference_at[qi, qj, f, 0], reference_at[qi, qj, f, 1],
+                                          image, reference, f)
+        if scale == 0:
+            continue
+        p = (qi * qw + qj) * filters + f
+        factor = np.float64(scale) / delta * relu  # one division, not one per class
+        for c in range(grad.shape[0]):
+            value[n, c] = np.float32(grad[c, p] * factor)
+        kept[n] = f
+        corners[n] = (i - qi * pool_rows) * pool_columns + (j - qj * pool_columns)
+        n += 1
+    return n
 
 
 @numba.njit(inline="always")

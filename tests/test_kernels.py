@@ -4,7 +4,7 @@ import numba
 import numpy as np
 import pytest
 
-from deepshap.kernels import BLOCKS, LANES, VECTOR, add_rows, add_tile, fma, fma_lanes, window_maxima
+from deepshap.kernels import BLOCKS, VECTOR, add_rows, add_tile, fma, window_maxima
 
 
 @numba.njit(cache=True)
@@ -17,25 +17,6 @@ def test_fma_rounds_once_on_every_cpu():
     # a * a = 1 + 2^-11 + 2^-24 exactly: rounded to float32 first, the 2^-24 is lost.
     assert a * a + c == 0
     assert fused_multiply_add(a, a, c) == np.float32(2**-24)
-
-
-@numba.njit(cache=True)
-def vector_multiply_add(out, at, weight, values, start):
-    fma_lanes(out, at, weight, values, start)
-
-
-def test_fma_lanes_is_the_scalar_fma_in_each_lane_and_touches_only_its_lanes():
-    rng = np.random.default_rng(0)
-    out = rng.standard_normal(3 * LANES).astype(np.float32)
-    values = rng.standard_normal(2 * LANES).astype(np.float32)
-    weight = np.float32(1 + 2**-12)
-    values[LANES + 1], out[LANES + 1] = weight, np.float32(-(1 + 2**-11))  # rounded before the add, 0
-    expected = out.copy()
-    for c in range(LANES):
-        expected[LANES + c] = fused_multiply_add(weight, values[LANES + c], out[LANES + c])
-    vector_multiply_add(out, LANES, weight, values, LANES)
-    assert out[LANES + 1] == np.float32(2**-24)
-    np.testing.assert_array_equal(out, expected)
 
 
 def test_add_rows_sums_the_chosen_rows_of_a_tile():

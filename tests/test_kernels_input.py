@@ -7,24 +7,28 @@ largest value (1e-6 of it, a few float32 roundings), not to each value.
 """
 
 import keras
+import numba
 import numpy as np
 import pytest
 from keras import layers
 from test_deepshap import random_images, randomize
+from test_kernels import fused_multiply_add
 
 from deepshap.fused import FUSED, loop_at
-from deepshap.kernels_input import pool_conv_backward
+from deepshap.kernels import LANES, VECTOR
+from deepshap.kernels_input import add_region, pool_conv_backward, region_weights
 from deepshap.network import Network
 
 
-def input_block_model(batch_norm: bool, seed: int) -> keras.Model:
-    """Conv2D (3x3, valid) -> [BatchNormalization] -> ReLU -> MaxPooling2D on 11x11 images, then the head."""
+def input_block_model(batch_norm: bool, seed: int, kernel: int = 3, pool: int = 2, size: int = 11) -> keras.Model:
+    """Conv2D (kernel x kernel, valid) -> [BatchNormalization] -> ReLU -> MaxPooling2D (pool) on size x size images,
+    then the head. The defaults: 11x11 -> 9x9 -> 4x4, the conv's last row and column in no window."""
     keras.utils.set_random_seed(seed)
-    inputs = keras.Input(shape=(11, 11, 1))
-    x = layers.Conv2D(6, 3)(inputs)
+    inputs = keras.Input(shape=(size, size, 1))
+    x = layers.Conv2D(6, kernel)(inputs)
     if batch_norm:
         x = layers.BatchNormalization()(x)
-    x = layers.MaxPooling2D(2)(layers.ReLU()(x))  # 9x9 -> 4x4: the conv's last row and column are in no window
+    x = layers.MaxPooling2D(pool)(layers.ReLU()(x))
     return randomize(keras.Model(inputs, layers.Dense(3)(layers.Flatten()(x))), seed)
 
 
@@ -36,17 +40,21 @@ def plain_chain(steps: list, grad: np.ndarray, image: dict, references: dict, in
     return grad
 
 
-@pytest.mark.parametrize("batch_norm", [False, True])
-def test_input_block_equals_its_plain_rules_summed_over_references(batch_norm):
-    network = Network(input_block_model(batch_norm, seed=1), fuse=False)
+# The lab's shape (a region of 4 x 4 positions, one vector of 8 lanes); 12 classes in 16 lanes, the CPU's widest
+# vector where it has AVX-512; a 5x5 kernel and 3x3 pools, 7 x 7 positions in groups and one past them, 24 lanes.
+@pytest.mark.parametrize(("batch_norm", "kernel", "pool", "size", "classes"),
+                         [(False, 3, 2, 11, 3), (True, 3, 2, 11, 3), (False, 3, 2, 11, 12), (False, 5, 3, 14, 17)])
+def test_input_block_equals_its_plain_rules_summed_over_references(batch_norm, kernel, pool, size, classes):
+    network = Network(input_block_model(batch_norm, 1, kernel, pool, size), fuse=False)
     block = loop_at(next(loop for loop in FUSED if loop.name == "input block"), network.steps, 0)
     steps = network.steps[: block.end + 1]
-    images, references = random_images(2, (11, 11, 1), 2), random_images(5, (11, 11, 1), 3)
+    images, references = random_images(2, (size, size, 1), 2), random_images(5, (size, size, 1), 3)
     x, r = network.forward(images), network.forward(references)
-    pooled_grad = np.random.default_rng(4).normal(size=(2, 5, 3, 4 * 4 * 6))  # (images, refs, classes, pool output)
-    expected = np.zeros((2, 11, 11, 1, 3))
+    outputs = int(np.prod(steps[-1].output_shape))
+    pooled_grad = np.random.default_rng(4).normal(size=(2, 5, classes, outputs))  # (images, refs, classes, pool output)
+    expected = np.zeros((2, size, size, 1, classes))
     for image in range(2):
-        grad = plain_chain(steps, pooled_grad[image].reshape((5, 3) + steps[-1].output_shape), x, r, image)
+        grad = plain_chain(steps, pooled_grad[image].reshape((5, classes) + steps[-1].output_shape), x, r, image)
         expected[image] = np.einsum("rc...,r...->...c", grad, (images[image] - references).astype(np.float64))
     totals = np.zeros_like(expected)
     (relu,) = block.reads
@@ -77,3 +85,31 @@ def test_mixed_logit_rows_equal_the_rows_they_mix():
     largest = np.abs(expected).max()
     assert largest > 1e-2
     np.testing.assert_allclose(mixed, expected, rtol=0, atol=1e-5 * largest)
+
+
+@numba.njit(cache=True)
+def region_sums(flat, base, offsets, value, kept, corners, table, count):
+    # Five positions from the second, in the narrowest vectors and the widest: literal sizes, as the loop has them.
+    add_region(flat, base, offsets, 1, 5, 0, LANES, value, kept, corners, table, count)
+    add_region(flat, base, offsets, 1, 5, LANES, VECTOR, value, kept, corners, table, count)
+
+
+def test_add_region_adds_each_filter_in_order_one_fma_a_lane():
+    rng = np.random.default_rng(0)
+    lanes = LANES + VECTOR
+    table = region_weights(rng.normal(size=(4, 3, 3, 1)), 2, 2)  # (filters, window positions, 4 x 4 region)
+    value = rng.normal(size=(4, lanes)).astype(np.float32)
+    kept, corners = np.array([3, 0, 2], dtype=np.int64), np.array([1, 0, 3], dtype=np.int64)
+    offsets = np.arange(16, dtype=np.int64) * lanes * 2  # every other vector of lanes in flat
+    flat = np.zeros(40 * lanes, dtype=np.float32)
+    flat[3 * lanes : 4 * lanes] = rng.normal(size=lanes)  # position 1's sum does not start at 0
+    expected = flat.copy()
+    for t in range(3):
+        for p in range(1, 6):
+            at = lanes + offsets[p]
+            for c in range(lanes):
+                expected[at + c] = fused_multiply_add(table[kept[t], corners[t], p], value[t, c], expected[at + c])
+    region_sums(flat, lanes, offsets, value, kept, corners, table, 3)
+    assert (table[kept, corners][:, 1:6] == 0).any()  # zero weights, outside a filter's kernel, add nothing
+    assert np.count_nonzero(flat != 0) == 5 * lanes  # the five positions and no others
+    np.testing.assert_array_equal(flat, expected)  # bit for bit: the same bytes on any CPU
