@@ -5,7 +5,6 @@ from collections.abc import Callable
 
 import keras
 import numpy as np
-import shap
 import tensorflow as tf
 
 
@@ -24,6 +23,8 @@ def shap_reference(model: keras.Model, background: np.ndarray, images: np.ndarra
 
     output "logit" explains the same model with a linear last layer.
     """
+    import shap  # here, not above: a process on the fast engine alone then never loads it (0.2 s of its start)
+
     if output == "logit":
         model = logit_model(model)
     # shap feeds the functional model a list, and traces a graph per class: Keras and TensorFlow
