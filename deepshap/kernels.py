@@ -36,7 +36,8 @@ LANES = 8  # float32 values in a vector of the narrowest AVX unit: the input blo
 def vector_lanes() -> int:
     """Return the float32 lanes of the top's register blocks: 16 where the CPU has AVX-512 (32 vector
     registers), else 8 (16 registers). Only the speed depends on it: each lane is one scalar fma."""
-    features = config.CPU_FEATURES or binding.get_host_cpu_features().flatten()
+    # numba compiles for NUMBA_CPU_FEATURES where set (none for NUMBA_CPU_NAME=generic), else for the host's.
+    features = binding.get_host_cpu_features().flatten() if config.CPU_FEATURES is None else config.CPU_FEATURES
     return 16 if "+avx512f" in features.split(",") else 8
 
 

@@ -59,7 +59,8 @@ def test_bytes_do_not_depend_on_blas_kernel_numba_threads_or_vector_width(tmp_pa
 
     # Each process changes one BLAS kernel and one numba setting at a time, to keep the test short. The
     # first two load the host's loops from the shared cache, as a stage does; the third compiles its own
-    # for a CPU with no vector instructions beyond SSE2.
+    # for a CPU with no vector instructions beyond SSE2, and so with the 8-lane register blocks (deepshap.kernels.
+    # VECTOR) where the host has AVX-512's 16 lanes.
     cases = [
         {"OPENBLAS_CORETYPE": "Haswell", "NUMBA_NUM_THREADS": "1"},
         {"OPENBLAS_CORETYPE": "SkylakeX" if has_avx512() else "Sandybridge", "NUMBA_NUM_THREADS": "2"},
