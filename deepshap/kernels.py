@@ -1,4 +1,5 @@
-"""What the compiled loops share: an fma that rounds once, the max-pool and ReLU rules of a window, a small product.
+"""What the compiled loops share: an fma that rounds once, the max-pool and ReLU rules of a window, the top's
+product of rows, and the code generator of their vector loops (IR), whose sums stay in registers.
 
 The loops themselves, each replacing a chain of plain rules (deepshap.fused registers them):
 - deepshap.kernels_input: the conv block at the model's input, fused with (image - reference) and the sum
@@ -13,8 +14,10 @@ block runs as one loop rather than layer by layer.
 
 Deterministic on any CPU: sums in a fixed order, each product and sum rounded as written (fma is one
 rounding on every CPU; no fastmath, which lets LLVM reassociate sums by the host's vector width and
-fuse a * b + c where the CPU can), and a fixed split of references into thread blocks. The
-multipliers inside a pair are float32, as in shap; the sums over references float64.
+fuse a * b + c where the CPU can), and a fixed split of references into thread blocks. The vector
+loops' width follows the CPU (VECTOR), but each lane is one scalar fma in the same order: the width
+changes the speed, not the bits. The multipliers inside a pair are float32, as in shap; the sums over
+references float64.
 
 Compiled once per user, not per copy of the code: cache=True keeps the machine code in
 deepshap.cache's shared folder (~/.cache/numba/deepshap, or under NUMBA_CACHE_DIR).

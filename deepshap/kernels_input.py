@@ -2,8 +2,9 @@
 
 It replaces the plain rules of Conv2D (valid, stride 1) -> [BatchNormalization] -> ReLU ->
 MaxPooling2D (valid) and the final sum over references of multiplier * (image - reference),
-pairing each reference with every image while the reference is in cache. Each routed multiplier
-goes straight into its input window, its classes padded to whole vectors. Where more rows are
+pairing each reference with every image while the reference is in cache. Each pool window's routed
+multipliers go straight into the window's input region, summed in registers (add_region), its classes
+padded to whole vectors. Where more rows are
 explained than the model has logits (several head rules at once), the block runs each logit's
 unit row and mixes them at the input, per pair, by the head's multipliers: the backward is linear
 in them. See deepshap.kernels on its determinism and cache.
@@ -34,8 +35,7 @@ def pool_conv_backward(pooled_grad: np.ndarray, images: np.ndarray, image_conv_i
     with respect to the logits, pooled_grad then holding each logit's own rows (images, references,
     logits, ...): a class's multiplier at an input is its row of mix times the logits' there.
 
-    The loop is compiled for the kernel's shape, so that its window's loops have fixed lengths
-    (measured: 1.5x faster than with them read at run time).
+    The loop is compiled for the kernel's and the pool's shapes: add_region's sizes must be constants.
     """
     key = kernel.shape[1:] + (pool_rows, pool_columns)
     if key not in POOL_CONV:
