@@ -136,7 +136,7 @@ def _make_pool_conv(kh, kw, channels, pool_rows, pool_columns):
         blocks = min(THREAD_BLOCKS, n)
         partial = np.zeros((blocks, count, rows, columns, channels, classes))
         lanes = -(-pooled_grad.shape[2] // LANES) * LANES  # each input position's multipliers, padded to whole vectors
-        step = VECTOR if lanes % VECTOR == 0 else LANES
+        wide = lanes - lanes % VECTOR  # the lanes in the CPU's widest vectors; the rest in LANES-wide ones
         for block in numba.prange(blocks):
             reference_max = np.empty((qh, qw, filters), dtype=np.float32)
             reference_at = np.empty((qh, qw, filters, 2), dtype=np.int32)
@@ -162,20 +162,20 @@ def _make_pool_conv(kh, kw, channels, pool_rows, pool_columns):
                                                 reference_at, image_conv_in[k], reference_conv_in[r], pool_rows,
                                                 pool_columns, value, kept, corners, candidates)
                             base = (qi * pool_rows * columns + qj * pool_columns) * channels * lanes
-                            # The region's groups of positions, a vector of lanes at a time: the CPU's widest
-                            # where the lanes fill it. add_region's sizes must be constants, hence two calls each.
-                            for lane in range(0, lanes, step):
+                            # The region's groups of positions, a vector of lanes at a time. add_region's sizes
+                            # must be constants: one call per vector width and group size.
+                            for lane in range(0, wide, VECTOR):
                                 for first in range(0, region - rest, group):
-                                    if step == VECTOR:
-                                        add_region(flat, base, offsets, first, group, lane, VECTOR, value, kept,
-                                                   corners, table, kept_count)
-                                    else:
-                                        add_region(flat, base, offsets, first, group, lane, LANES, value, kept,
-                                                   corners, table, kept_count)
-                                if rest and step == VECTOR:
+                                    add_region(flat, base, offsets, first, group, lane, VECTOR, value, kept, corners,
+                                               table, kept_count)
+                                if rest:
                                     add_region(flat, base, offsets, region - rest, rest, lane, VECTOR, value, kept,
                                                corners, table, kept_count)
-                                elif rest:
+                            for lane in range(wide, lanes, LANES):
+                                for first in range(0, region - rest, group):
+                                    add_region(flat, base, offsets, first, group, lane, LANES, value, kept, corners,
+                                               table, kept_count)
+                                if rest:
                                     add_region(flat, base, offsets, region - rest, rest, lane, LANES, value, kept,
                                                corners, table, kept_count)
                     if mix is None:
