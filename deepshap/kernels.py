@@ -215,29 +215,26 @@ def window_max(conv_in, qi, qj, f, pool_rows, pool_columns):
     return best, row, column
 
 
-@numba.njit(cache=True)
-def routed(x_out, r_out, x_i, x_j, r_i, r_j, image, reference, f):
-    """Return shap's max-pool and ReLU rules for one window of filter f: (row, column, scale, delta, relu).
+@numba.njit(inline="always")
+def route_factor(x_out, r_out, x_in, r_in):
+    """Return shap's max-pool and ReLU rules for one window: the factor, float64, by which its output's multiplier
+    goes to the ReLU input at the argmax, image's if x_out >= r_out, else the reference's; 0 where the rules
+    give nothing (no change, or an input change below LINEAR_EPSILON).
 
-    The window's output multiplier goes to the ReLU input at (row, column), times scale / delta * relu:
-    the output's change goes to the image's argmax if x_out >= r_out and to the reference's otherwise,
-    divided there by the ReLU output's change, then the ReLU's rescale rule. scale is 0 where the
-    rules give nothing (no change, or an input change below LINEAR_EPSILON).
+    x_out, r_out: the window's max-pool outputs; x_in, r_in: the ReLU inputs at that argmax. The output's
+    change divided by the ReLU output's change there, times the ReLU's rescale rule. No branch: selects,
+    with 1 for the divisors not taken, so LLVM vectorises a loop of these (each lane the scalar's bits).
     """
     scale = x_out - r_out
-    if scale == 0:
-        return 0, 0, scale, np.float32(1.0), np.float32(0.0)
-    i, j = (x_i, x_j) if x_out >= r_out else (r_i, r_j)
-    x_in, r_in = image[i, j, f], reference[i, j, f]
     delta = max(x_in, np.float32(0.0)) - max(r_in, np.float32(0.0))
-    if abs(delta) < LINEAR_EPSILON:
-        return i, j, np.float32(0.0), np.float32(1.0), np.float32(0.0)
     delta_in = x_in - r_in
-    if abs(delta_in) < NONLINEAR_EPSILON:
-        relu = np.float32(1.0) if r_in > 0 else np.float32(0.0)
-    else:
-        relu = np.float32(delta / delta_in)
-    return i, j, scale, delta, relu
+    linear = abs(delta_in) < NONLINEAR_EPSILON
+    quotient = np.float32(delta / (np.float32(1.0) if linear else delta_in))
+    step = np.float32(1.0) if r_in > 0 else np.float32(0.0)
+    relu = step if linear else quotient
+    keep = (scale != 0) & (abs(delta) >= LINEAR_EPSILON)
+    factor = np.float64(scale) / (delta if keep else np.float32(1.0)) * relu  # one division, not one per class
+    return factor if keep else 0.0
 
 
 @numba.njit(cache=True)

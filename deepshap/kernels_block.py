@@ -10,7 +10,7 @@ window. See deepshap.kernels on its determinism and cache.
 import numba
 import numpy as np
 
-from deepshap.kernels import add_rows, routed, window_maxima
+from deepshap.kernels import add_rows, route_factor, window_maxima
 
 
 def block_backward(grad: np.ndarray, image_pre_relu: np.ndarray, reference_pre_relu: np.ndarray, kernel: np.ndarray,
@@ -75,16 +75,15 @@ def _route(grad, image_max, image_at, reference_max, reference_at, image, refere
     for qi in range(qh):
         for qj in range(qw):
             for f in range(filters):
-                i, j, scale, delta, relu = routed(image_max[qi, qj, f], reference_max[qi, qj, f],
-                                                  image_at[qi, qj, f, 0], image_at[qi, qj, f, 1],
-                                                  reference_at[qi, qj, f, 0], reference_at[qi, qj, f, 1], image,
-                                                  reference, f)
-                if scale == 0:
+                x_out, r_out = image_max[qi, qj, f], reference_max[qi, qj, f]
+                at = image_at if x_out >= r_out else reference_at
+                i, j = at[qi, qj, f, 0], at[qi, qj, f, 1]
+                factor = route_factor(x_out, r_out, image[i, j, f], reference[i, j, f])
+                if factor == 0:
                     continue
                 position = i * conv_columns + j
                 used[position, counts[position]] = f
                 counts[position] += 1
-                factor = np.float64(scale) / delta * relu  # one division, not one per class
                 p = (qi * qw + qj) * filters + f
                 for c in range(grad.shape[0]):
                     routed_grad[position, c, f] = np.float32(grad[c, p] * factor)

@@ -15,7 +15,7 @@ import numpy as np
 from numba.core import cgutils, errors, types
 from numba.extending import intrinsic
 
-from deepshap.kernels import IR, LANES, THREAD_BLOCKS, VECTOR, float32_arrays, fma, routed, window_maxima
+from deepshap.kernels import IR, LANES, THREAD_BLOCKS, VECTOR, float32_arrays, fma, route_factor, window_max
 
 # Input positions of a window's region summed in registers at once: as many vectors as the CPU's vector
 # registers hold beside a filter's values and a weight (32 with AVX-512, 16 else).
@@ -129,17 +129,27 @@ def _make_pool_conv(kh, kw, channels, pool_rows, pool_columns):
         n, conv_rows, conv_columns, filters = reference_conv_in.shape
         classes = totals.shape[4]
         qh, qw = conv_rows // pool_rows, conv_columns // pool_columns
-        image_max = np.empty((count, qh, qw, filters), dtype=np.float32)
-        image_at = np.empty((count, qh, qw, filters, 2), dtype=np.int32)  # (row, column) of each maximum
+        windows = qh * qw * filters  # of each filter, in the pool output's order
+        image_max = np.empty((count, windows), dtype=np.float32)
+        image_own = np.empty((count, windows), dtype=np.float32)
+        image_index = np.empty((count, windows), dtype=np.int64)
+        image_corner = np.empty((count, windows), dtype=np.int64)
         for k in range(count):
-            window_maxima(image_conv_in[k], pool_rows, pool_columns, image_max[k], image_at[k])
+            window_routes(image_conv_in[k], pool_rows, pool_columns, image_max[k], image_own[k], image_index[k],
+                          image_corner[k])
         blocks = min(THREAD_BLOCKS, n)
         partial = np.zeros((blocks, count, rows, columns, channels, classes))
         lanes = -(-pooled_grad.shape[2] // LANES) * LANES  # each input position's multipliers, padded to whole vectors
         wide = lanes - lanes % VECTOR  # the lanes in the CPU's widest vectors; the rest in LANES-wide ones
         for block in numba.prange(blocks):
-            reference_max = np.empty((qh, qw, filters), dtype=np.float32)
-            reference_at = np.empty((qh, qw, filters, 2), dtype=np.int32)
+            reference_max = np.empty(windows, dtype=np.float32)
+            reference_own = np.empty(windows, dtype=np.float32)
+            reference_index = np.empty(windows, dtype=np.int64)
+            reference_corner = np.empty(windows, dtype=np.int64)
+            image_other = np.empty(windows, dtype=np.float32)  # an image's ReLU input at the reference's argmax
+            reference_other = np.empty(windows, dtype=np.float32)  # and the reference's at the image's
+            factors = np.empty(windows, dtype=np.float64)
+            corner = np.empty(windows, dtype=np.int64)
             grad_in = np.zeros((rows, columns, channels, lanes), dtype=np.float32)
             flat = grad_in.reshape(-1)
             offsets = np.empty(region, dtype=np.int64)  # each region position's offset in flat from its corner
@@ -150,17 +160,22 @@ def _make_pool_conv(kh, kw, channels, pool_rows, pool_columns):
             value = np.zeros((filters, lanes), dtype=np.float32)  # padding lanes stay 0
             kept = np.empty(filters, dtype=np.int64)
             corners = np.empty(filters, dtype=np.int64)
-            candidates = np.empty(filters, dtype=np.int64)  # scratch of _route
             mixed = np.zeros(1 if mix is None else mix.shape[3], dtype=np.float32)
             for r in range(block * n // blocks, (block + 1) * n // blocks):
-                window_maxima(reference_conv_in[r], pool_rows, pool_columns, reference_max, reference_at)
+                window_routes(reference_conv_in[r], pool_rows, pool_columns, reference_max, reference_own,
+                              reference_index, reference_corner)
                 for k in range(count):
                     grad_in[:] = 0
+                    # The pair's routing, all its windows at once in vectors, before the windows' regions (measured
+                    # on the lab's model, one thread: the loop 1.25x faster at 2 classes, the same at 10).
+                    _gather_other(image_conv_in[k].reshape(-1), reference_index, reference_conv_in[r].reshape(-1),
+                                  image_index[k], image_other, reference_other)
+                    pair_factors(image_max[k], reference_max, image_own[k], reference_own, image_other,
+                                 reference_other, image_corner[k], reference_corner, factors, corner)
                     for qi in range(qh):
                         for qj in range(qw):
-                            kept_count = _route(pooled_grad[k, r], qi, qj, image_max[k], image_at[k], reference_max,
-                                                reference_at, image_conv_in[k], reference_conv_in[r], pool_rows,
-                                                pool_columns, value, kept, corners, candidates)
+                            kept_count = _route(pooled_grad[k, r], (qi * qw + qj) * filters, filters, factors, corner,
+                                                value, kept, corners)
                             base = (qi * pool_rows * columns + qj * pool_columns) * channels * lanes
                             # The region's groups of positions, a vector of lanes at a time. add_region's sizes
                             # must be constants: one call per vector width and group size.
@@ -188,36 +203,63 @@ def _make_pool_conv(kh, kw, channels, pool_rows, pool_columns):
     return pool_conv
 
 
+@numba.njit(cache=True)
+def window_routes(conv_in, pool_rows, pool_columns, maxima, own, index, corner):
+    """Fill, for each window of each filter (pooled rows x pooled columns x filters, flat): its max-pool output
+    (relu applied) in maxima, the ReLU input at its argmax in own, the argmax's flat index in conv_in (conv rows,
+    conv columns, filters) in index, and where it lies in the window (row x pool columns + column) in corner."""
+    conv_columns, filters = conv_in.shape[1:]
+    qw = conv_columns // pool_columns
+    for p in range(maxima.size):
+        q, f = p // filters, p % filters
+        qi, qj = q // qw, q % qw
+        maxima[p], i, j = window_max(conv_in, qi, qj, f, pool_rows, pool_columns)
+        own[p] = conv_in[i, j, f]
+        index[p] = (i * conv_columns + j) * filters + f
+        corner[p] = (i - qi * pool_rows) * pool_columns + (j - qj * pool_columns)
+
+
 @numba.njit(inline="always")
-def _route(grad, qi, qj, image_max, image_at, reference_max, reference_at, image, reference, pool_rows, pool_columns,
-           value, kept, corners, candidates):
-    """Return how many filters window (qi, qj) passes a multiplier to, after routing each through the max-pool and
-    ReLU rules: the filters in kept, their values (classes, of grad (classes, pooled rows x pooled columns x
-    filters)) in value's rows, and where in the pool window each one goes (its row x pool columns + its column) in
-    corners. The routing's branches stay out of the region's loop of vector fmas."""
-    qw, filters = reference_max.shape[1:]
-    # First the filters whose window's output changes, into candidates without a branch: in half the lab's
-    # windows both maxima are 0 (the ReLU's), at random, a branch the CPU mispredicts (measured: the whole
-    # loop 10 % faster at 2 classes, 5 % at 10).
-    changed = 0
-    for f in range(filters):
-        candidates[changed] = f
-        changed += image_max[qi, qj, f] != reference_max[qi, qj, f]
+def _gather_other(image, reference_index, reference, image_index, image_other, reference_other):
+    """Fill image_other with the image's ReLU inputs (flat) at the reference's argmaxes, and reference_other
+    with the reference's at the image's: the loads that do not vectorise, apart from pair_factors' arithmetic."""
+    for p in range(image_other.size):
+        image_other[p] = image[reference_index[p]]
+        reference_other[p] = reference[image_index[p]]
+
+
+# error_model="numpy": no check for division by zero, a branch that stops LLVM from vectorising (route_factor never
+# divides by zero). Not inlined: a loop of its own, whose few arrays LLVM can check for overlap.
+@numba.njit(cache=True, error_model="numpy")
+def pair_factors(x_max, r_max, x_own, r_own, x_other, r_other, x_corner, r_corner, factors, corner):
+    """Fill factors (windows,) float64 with route_factor of each window of one pair, and corner with where in the
+    window its multiplier goes: the image's argmax where x_max >= r_max, else the reference's."""
+    for p in range(factors.size):
+        x_out, r_out = x_max[p], r_max[p]
+        mine = x_out >= r_out
+        x_in_own, r_in_own, x_in_other, r_in_other = x_own[p], r_own[p], x_other[p], r_other[p]
+        factors[p] = route_factor(x_out, r_out, x_in_own if mine else x_in_other, r_in_other if mine else r_in_own)
+        x_at, r_at = x_corner[p], r_corner[p]
+        corner[p] = x_at if mine else r_at
+
+
+@numba.njit(inline="always")
+def _route(grad, start, filters, factors, corner, value, kept, corners):
+    """Return how many filters the window whose first filter is at start (in grad's windows) passes a multiplier
+    to: those of nonzero factors, in kept, their values (classes, of grad (classes, windows)) in value's rows
+    and where in the window each goes in corners. The routing's branches stay out of the region's loop of
+    vector fmas; the filters are picked without a branch (in half the lab's windows both maxima are 0, at
+    random: a branch the CPU mispredicts)."""
     n = 0
-    for t in range(changed):
-        f = candidates[t]
-        i, j, scale, delta, relu = routed(image_max[qi, qj, f], reference_max[qi, qj, f], image_at[qi, qj, f, 0],
-                                          image_at[qi, qj, f, 1], reference_at[qi, qj, f, 0], reference_at[qi, qj, f, 1],
-                                          image, reference, f)
-        if scale == 0:
-            continue
-        p = (qi * qw + qj) * filters + f
-        factor = np.float64(scale) / delta * relu  # one division, not one per class
-        for c in range(grad.shape[0]):
-            value[n, c] = np.float32(grad[c, p] * factor)
+    for f in range(filters):
         kept[n] = f
-        corners[n] = (i - qi * pool_rows) * pool_columns + (j - qj * pool_columns)
-        n += 1
+        n += factors[start + f] != 0
+    for t in range(n):
+        p = start + kept[t]
+        factor = factors[p]
+        for c in range(grad.shape[0]):
+            value[t, c] = np.float32(grad[c, p] * factor)
+        corners[t] = corner[p]
     return n
 
 

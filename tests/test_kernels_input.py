@@ -16,7 +16,8 @@ from test_kernels import fused_multiply_add
 
 from deepshap.fused import FUSED, loop_at
 from deepshap.kernels import LANES, VECTOR
-from deepshap.kernels_input import add_region, pool_conv_backward, region_weights
+from deepshap.head import LINEAR_EPSILON, NONLINEAR_EPSILON
+from deepshap.kernels_input import add_region, pair_factors, pool_conv_backward, region_weights, window_routes
 from deepshap.network import Network
 
 
@@ -113,3 +114,50 @@ def test_add_region_adds_each_filter_in_order_one_fma_a_lane():
     assert (table[kept, corners][:, 1:6] == 0).any()  # zero weights, outside a filter's kernel, add nothing
     assert np.count_nonzero(flat != 0) == 5 * lanes  # the five positions and no others
     np.testing.assert_array_equal(flat, expected)  # bit for bit: the same bytes on any CPU
+
+
+def routed_with_branches(x_out, r_out, x_in, r_in) -> float:
+    """shap's max-pool and ReLU rules for one window as first written, with branches: the factor, 0 where none."""
+    scale = np.float32(x_out - r_out)
+    if scale == 0:
+        return 0.0
+    delta = np.float32(max(x_in, np.float32(0)) - max(r_in, np.float32(0)))
+    if abs(delta) < LINEAR_EPSILON:
+        return 0.0
+    delta_in = np.float32(x_in - r_in)
+    if abs(delta_in) < NONLINEAR_EPSILON:
+        relu = np.float32(1.0 if r_in > 0 else 0.0)
+    else:
+        relu = np.float32(delta / delta_in)
+    return np.float64(scale) / np.float64(delta) * np.float64(relu)
+
+
+def test_pair_factors_give_the_branching_rule_bit_for_bit():
+    """The vectorised routing (selects, 16 lanes with AVX-512) against the rule with branches, one window at a
+    time, on ReLU inputs drawn to hit every branch: equal maxima, all-negative windows, changes below both epsilons."""
+    rng = np.random.default_rng(0)
+    positions = 16 * 16 * 4  # conv outputs 16 x 16 x 4: 8 x 8 x 4 = 256 windows
+    edges = np.float32([-1.5, -1e-8, 0.0, 1e-8, 5e-7, 0.25, 0.2500005])  # near 0 and near each other
+    conv = [rng.choice(edges, positions) * (rng.random(positions) < 0.7)
+            + (rng.random(positions) < 0.1) * rng.normal(size=positions).astype(np.float32) for _ in range(2)]
+    routes = []
+    for values in conv:
+        conv_in = values.astype(np.float32).reshape(16, 16, 4)
+        route = (np.empty(256, np.float32), np.empty(256, np.float32), np.empty(256, np.int64), np.empty(256, np.int64))
+        window_routes(conv_in, 2, 2, *route)
+        routes.append((conv_in, route))
+    (image, (x_max, x_own, x_index, x_corner)), (reference, (r_max, r_own, r_index, r_corner)) = routes
+    x_other, r_other = image.reshape(-1)[r_index], reference.reshape(-1)[x_index]
+    factors, corner = np.empty(256), np.empty(256, np.int64)
+    pair_factors(x_max, r_max, x_own, r_own, x_other, r_other, x_corner, r_corner, factors, corner)
+
+    mine = x_max >= r_max
+    x_in, r_in = np.where(mine, x_own, x_other), np.where(mine, r_other, r_own)
+    expected = [routed_with_branches(*values) for values in zip(x_max, r_max, x_in, r_in)]
+    changed, delta = x_max != r_max, np.maximum(x_in, 0) - np.maximum(r_in, 0)
+    linear = changed & (np.abs(delta) >= LINEAR_EPSILON) & (np.abs(x_in - r_in) < NONLINEAR_EPSILON)
+    # every branch taken: no change, a change below LINEAR_EPSILON, the ReLU's gradient (1 and 0), its rescale
+    assert min((~changed).sum(), (changed & (np.abs(delta) < LINEAR_EPSILON)).sum(), (linear & (r_in > 0)).sum(),
+               (linear & (r_in <= 0)).sum(), (changed & ~linear & (np.abs(delta) >= LINEAR_EPSILON)).sum()) > 0
+    np.testing.assert_array_equal(factors, expected)
+    np.testing.assert_array_equal(corner, np.where(mine, x_corner, r_corner))
