@@ -27,12 +27,17 @@ class PipelineError(Exception):
 
 
 def run(main: Callable[[], None]) -> None:
-    """Run a stage's main(), turning a PipelineError, a missing input or a full disk into a one-line message and
-    exit code 1, and a stop (Ctrl-C, SIGTERM, the launcher gone) into "error: interrupted" and exit code 130,
-    once main's finally blocks have cleaned up (shut Ray down, removed temporary files)."""
+    """Run a stage's main() as its command, then end the process: a PipelineError, a missing input or a full disk
+    becomes a one-line message and exit code 1, a stop (Ctrl-C, SIGTERM, the launcher gone) "error: interrupted"
+    and exit code 130, once main's finally blocks have cleaned up (shut Ray down, removed temporary files)."""
     try:
         with interruptible():
             main()
+        # Success skips the interpreter's teardown, which only frees memory: main has written and closed its
+        # outputs and shut Ray down. With TensorFlow loaded it took 1.1 s (measured), a second of every stage.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     except PipelineError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)
