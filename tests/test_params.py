@@ -1,4 +1,4 @@
-"""params: how a stage reports a bad input, and a stop, in one line."""
+"""params: how a stage reports a bad input, and a stop, in one line, and how it ends."""
 
 import errno
 import os
@@ -35,7 +35,6 @@ def test_pipeline_error_is_its_message_and_exit_code_one(capsys):
     assert capsys.readouterr().err == "error: params.yaml: train.epochs must be positive, got 0\n"
 
 
-
 def test_a_stage_that_succeeds_exits_zero_with_all_it_printed_and_skips_the_teardown():
     """Printed without a newline to a pipe, the output is still in a buffer when main returns; an atexit
     function stands for the interpreter's teardown, which run() skips."""
@@ -45,6 +44,7 @@ def test_a_stage_that_succeeds_exits_zero_with_all_it_printed_and_skips_the_tear
     environment = {name: value for name, value in os.environ.items() if name != "PYTHONUNBUFFERED"}
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=environment)
     assert (result.returncode, result.stdout, result.stderr) == (0, "done", "note")
+
 
 # --- A stage stopped: Ctrl-C, SIGTERM, or the process that started it gone ---
 
