@@ -2,8 +2,9 @@
 
 import matplotlib.pyplot as plt
 import numpy as np
+from shap.plots.colors import red_transparent_blue
 
-from fashion_shap.figures import OVERLAY_ALPHA, draw_map, save_figure
+from fashion_shap.figures import OVERLAY_ALPHA, RED_TRANSPARENT_BLUE, draw_map, save_figure
 
 
 def drawn(seed: int = 0):
@@ -30,3 +31,10 @@ def test_saving_twice_gives_the_same_bytes_and_closes_the_figure(tmp_path):
     figure, _, _ = drawn()
     save_figure(figure, tmp_path / "cropped.png", crop_pad=0.0)
     assert (tmp_path / "cropped.png").stat().st_size < (tmp_path / "a.png").stat().st_size
+
+
+def test_the_maps_colours_are_shaps_own():
+    # Every one of the 256 colours, alpha included: the figures stay shap.image_plot's, without importing shap.
+    levels = np.linspace(0, 1, 256)
+    assert np.array_equal(RED_TRANSPARENT_BLUE(levels), red_transparent_blue(levels))
+    assert RED_TRANSPARENT_BLUE.N == red_transparent_blue.N
