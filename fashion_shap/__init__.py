@@ -23,3 +23,37 @@ os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # Figures go to files only: no screen, whatever the user's matplotlib default.
 os.environ.setdefault("MPLBACKEND", "Agg")
+
+import sys  # noqa: E402
+from importlib.abc import MetaPathFinder  # noqa: E402
+
+# What Keras and TensorFlow import where it is installed, for parts the pipeline never calls: Keras' scikit-learn
+# wrappers, pandas inputs, image galleries, notebook display and JAX checkpoints; TensorFlow Lite's JAX converter.
+# (shap needs scikit-learn and pandas, the figures matplotlib, the accelerated engine JAX.) Refused to Keras and
+# TensorFlow alone, a process that loads Keras starts 0.8-1.4 s sooner, 2.2-2.9 s where JAX and IPython are installed
+# too (measured: `import keras` 4.2-5.1 s -> 2.8-4.3 s in a venv of setup.sh, 4.9-6.2 s -> 2.6-4.0 s with the tests'
+# packages); any other code imports them as usual.
+REFUSED = {"keras": ("sklearn", "pandas", "matplotlib", "IPython", "jax"), "tensorflow": ("jax",)}
+
+
+class OptionalImportsRefused(MetaPathFinder):
+    """Fails an import of a REFUSED package that code of the package it is refused to makes; passes any other."""
+
+    def find_spec(self, name: str, path, target=None) -> None:
+        package = name.partition(".")[0]
+        if any(package in refused for refused in REFUSED.values()):
+            importing = importer().partition(".")[0]
+            if package in REFUSED.get(importing, ()):
+                raise ModuleNotFoundError(f"{name} is not for {importing} here (fashion_shap.REFUSED)", name=name)
+        return None
+
+
+def importer() -> str:
+    """Return the name of the module whose code runs the import in progress (the first frame below importlib's)."""
+    frame = sys._getframe(2)
+    while frame is not None and frame.f_globals.get("__name__", "").startswith(("importlib", "_frozen_importlib")):
+        frame = frame.f_back
+    return "" if frame is None else frame.f_globals.get("__name__", "")
+
+
+sys.meta_path.insert(0, OptionalImportsRefused())

@@ -2,3 +2,5 @@
 
 The code they share lives in the fashion_shap package, the attribution rules in deepshap.
 """
+
+import fashion_shap  # noqa: F401  first, before any stage loads NumPy, TensorFlow or matplotlib: its import-time settings
