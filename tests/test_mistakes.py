@@ -25,7 +25,7 @@ import yaml
 from conftest import ROOT, assert_one_line_error, dvc, run_stage, set_param
 from mistakes_data import ARGS, IMAGES, SETTINGS, copy_with, inputs
 
-from fashion_shap.mistakes.shards import explain_in_process
+from fashion_shap.mistakes.shards import connect, disconnect, explain_in_process
 from fashion_shap.model import load_model
 from fashion_shap.params import PipelineError
 from stages.mistakes import main
@@ -208,6 +208,19 @@ def family_once_explaining(process: subprocess.Popen, timeout: float = 300) -> l
         assert process.poll() is None and time.monotonic() < deadline, "no worker was seen explaining a shard"
         time.sleep(0.05)
     return psutil.Process(process.pid).children(recursive=True)
+
+
+@pytest.mark.slow
+def test_a_local_ray_starts_no_idle_workers_that_the_actors_could_not_take(ray_root, monkeypatch):
+    monkeypatch.setenv("RAY_TMPDIR", str(ray_root))
+    monkeypatch.delenv("RAY_prestart_worker_first_driver", raising=False)  # connect's default, not the caller's
+    session = connect("", 2)
+    try:
+        titles = [" ".join(process.cmdline()) for process in psutil.Process().children(recursive=True)]
+        assert any(title.startswith("ray::RuntimeEnvAgent") for title in titles)  # the check below sees Ray's names
+        assert not any(title.startswith("ray::IDLE") for title in titles)
+    finally:
+        disconnect(session)
 
 
 @pytest.mark.slow
