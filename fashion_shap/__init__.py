@@ -9,6 +9,9 @@
 - figures: the lab's colours and overlay, and saving a figure.
 - trust, mistakes: the checks of the trust stage and the parts of the mistakes stage, one module each.
 
+Importing it sets the pipeline's import-time settings, below, and refuses Keras and TensorFlow the optional
+imports the pipeline never calls (REFUSED): every stage imports it first, through the stages package.
+
 The attribution rules live apart, in the deepshap package, which knows nothing of DVC or files.
 """
 
@@ -24,28 +27,30 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # Figures go to files only: no screen, whatever the user's matplotlib default.
 os.environ.setdefault("MPLBACKEND", "Agg")
 
-import sys  # noqa: E402
-from importlib.abc import MetaPathFinder  # noqa: E402
+import sys
+from collections.abc import Sequence
+from importlib.abc import MetaPathFinder
+from types import ModuleType
 
 # What Keras and TensorFlow import where it is installed, for parts the pipeline never calls: Keras' scikit-learn
 # wrappers, pandas inputs, image galleries, notebook display and JAX checkpoints; TensorFlow Lite's JAX converter.
 # (shap needs scikit-learn and pandas, the figures matplotlib, the accelerated engine JAX.) Refused to Keras and
 # TensorFlow alone, a process that loads Keras starts 0.8-1.4 s sooner, 2.2-2.9 s where JAX and IPython are installed
 # too (measured: `import keras` 4.2-5.1 s -> 2.8-4.3 s in a venv of setup.sh, 4.9-6.2 s -> 2.6-4.0 s with the tests'
-# packages); any other code imports them as usual.
+# packages); any other code imports them as usual. In any process that imports fashion_shap before Keras (a notebook
+# too), Keras then lacks those parts: its SKLearnClassifier, say, reports scikit-learn as not installed.
 REFUSED = {"keras": ("sklearn", "pandas", "matplotlib", "IPython", "jax"), "tensorflow": ("jax",)}
 
 
 class OptionalImportsRefused(MetaPathFinder):
     """Fails an import of a REFUSED package that code of the package it is refused to makes; passes any other."""
 
-    def find_spec(self, name: str, path, target=None) -> None:
+    def find_spec(self, name: str, path: Sequence[str] | None, target: ModuleType | None = None) -> None:
         package = name.partition(".")[0]
         if any(package in refused for refused in REFUSED.values()):
             importing = importer().partition(".")[0]
             if package in REFUSED.get(importing, ()):
                 raise ModuleNotFoundError(f"{name} is not for {importing} here (fashion_shap.REFUSED)", name=name)
-        return None
 
 
 def importer() -> str:

@@ -3,4 +3,5 @@
 The code they share lives in the fashion_shap package, the attribution rules in deepshap.
 """
 
-import fashion_shap  # noqa: F401  first, before any stage loads NumPy, TensorFlow or matplotlib: its import-time settings
+# First, before any stage loads NumPy, TensorFlow or matplotlib: fashion_shap's import-time settings.
+import fashion_shap  # noqa: F401

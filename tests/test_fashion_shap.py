@@ -4,6 +4,7 @@ optional imports the pipeline never calls."""
 import os
 import subprocess
 import sys
+import types
 
 import pytest
 from conftest import ROOT
@@ -24,10 +25,13 @@ print("imported")
 
 
 def find_spec_from(module: str, name: str):
-    """Call the finder as an import made by code of the named module would (the frames below the finder's caller)."""
-    scope = {"__name__": module, "finder": OptionalImportsRefused(), "name": name}
-    exec("result = (lambda: finder.find_spec(name, None))()", scope)
-    return scope["result"]
+    """Call the finder as an import made by code of the named module would: from a function of that module's globals."""
+    finder = OptionalImportsRefused()
+
+    def call():
+        return finder.find_spec(name, None)
+
+    return types.FunctionType(call.__code__, {"__name__": module}, "call", None, call.__closure__)()
 
 
 def test_keras_and_tensorflow_alone_are_refused_their_optional_imports_and_every_other_import_passes():
