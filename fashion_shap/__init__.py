@@ -26,6 +26,10 @@ os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # Figures go to files only: no screen, whatever the user's matplotlib default.
 os.environ.setdefault("MPLBACKEND", "Agg")
+# Keras on TensorFlow, whatever KERAS_BACKEND or ~/.keras/keras.json say: the engine runs TensorFlow's ops on the
+# model's layers, and the outputs' bytes are TensorFlow's (measured: under KERAS_BACKEND=jax the explain stage ran
+# and wrote other bytes than dvc.lock's).
+os.environ["KERAS_BACKEND"] = "tensorflow"
 
 import sys
 from collections.abc import Sequence

@@ -19,6 +19,8 @@ loaded = list(sys.modules)
 print(" ".join(name for name in ("fashion_shap", "numpy", "tensorflow", "keras") if name in loaded),
       loaded.index("fashion_shap") < min(loaded.index(name) for name in ("numpy", "tensorflow", "keras")))
 print(" ".join(name for name in ("sklearn", "pandas", "matplotlib", "jax") if name in sys.modules) or "none")
+import keras
+print(keras.backend.backend())
 import matplotlib.pyplot, pandas, sklearn, jax  # they still import for the code that wants them
 print("imported")
 """
@@ -46,13 +48,15 @@ def test_keras_and_tensorflow_alone_are_refused_their_optional_imports_and_every
 
 
 @pytest.mark.slow
-def test_a_stage_loads_the_settings_first_keras_without_its_extras_and_tensorflow_quietly():
+def test_a_stage_loads_the_settings_first_keras_on_tensorflow_without_its_extras_and_tensorflow_quietly():
     env = {key: value for key, value in os.environ.items() if key not in ("TF_CPP_MIN_LOG_LEVEL", "PYTHONPATH")}
+    env["KERAS_BACKEND"] = "jax"  # a user's choice for other work: the pipeline's Keras stays on TensorFlow
     result = subprocess.run([sys.executable, "-c", PROBE], cwd=ROOT, env=env, capture_output=True, text=True,
                             check=False)
     assert result.returncode == 0, result.stderr
-    order, extras, imported = result.stdout.split("\n")[:3]
+    order, extras, backend, imported = result.stdout.split("\n")[:4]
     assert order == "fashion_shap numpy tensorflow keras True"
     assert extras == "none"
+    assert backend == "tensorflow"
     assert imported == "imported"
     assert "cpu_feature_guard" not in result.stderr  # TensorFlow's start-up chatter, quiet at TF_CPP_MIN_LOG_LEVEL 2
