@@ -46,7 +46,7 @@ def usage(worker) -> tuple[float, int]:
 def measure(count: int, inputs: tuple, shard_size: int) -> tuple[dict, np.ndarray]:
     """Explain the images on a local Ray of count workers; return (its figures, the values).
 
-    inputs: (model, background, images, classes), as the stage puts them in the object store.
+    inputs: ((weights path, its bytes), background, images, classes), as the stage puts them in the object store.
     """
     images = len(inputs[2])
     start = time.perf_counter()
@@ -106,14 +106,15 @@ def main() -> None:
 
     model = load_model(args.model)
     x_test, y_test = load_split(args.test)
-    indices, classes = find_mistakes(model.predict(x_test, verbose=0), y_test)
+    indices, classes = find_mistakes(model.predict(x_test, verbose=0).argmax(axis=1), y_test)
     indices, classes = indices[: args.images], classes[: args.images]
     background = np.load(args.background)[: args.background_size]
     load = os.getloadavg()[0]
 
     rows, results = [], []
     for count in WORKERS:
-        row, values = measure(count, (model, background, x_test[indices], classes), args.shard_size)
+        model_file = (args.model, Path(args.model).read_bytes())
+        row, values = measure(count, (model_file, background, x_test[indices], classes), args.shard_size)
         rows.append(row)
         results.append(values)
         print(f"{count} workers: {row['rate']:.2f} images/s, {row['cpu_rate']:.2f} images per CPU second, "

@@ -29,7 +29,7 @@ import importlib
 
 # Public name -> the module that defines it.
 _EXPORTS = {
-    "OUTPUTS": "deepshap.explainer", "SOFTMAX_RULES": "deepshap.explainer", "Explainer": "deepshap.explainer",
+    "OUTPUTS": "deepshap.options", "SOFTMAX_RULES": "deepshap.explainer", "Explainer": "deepshap.explainer",
     "UnsupportedModelError": "deepshap.errors", "shap_reference": "deepshap.reference",
     "RULES": "deepshap.rules", "ACTIVATIONS": "deepshap.rules", "Rule": "deepshap.rules",
     "register_rule": "deepshap.rules", "CHECKS": "deepshap.support", "FUSED": "deepshap.fused",

@@ -29,9 +29,8 @@ import numpy as np
 
 from deepshap.accelerated_rules import HEADS, Layer, chunk_values, forward, forward_logits
 from deepshap.errors import UnsupportedModelError
+from deepshap.options import OUTPUTS, SOFTMAX_RULE_NAMES
 
-OUTPUTS = ("probability", "logit")
-SOFTMAX_RULES = ("shap", "shapley")
 ARCHITECTURE_ATTRIBUTE = "fashion_mnist_shap.model"  # the model params as JSON, as the pipeline's model module writes
 KERAS_BATCH_NORM_EPSILON = 1e-3  # BatchNormalization's default, which the pipeline's model builder keeps
 # Memory the chunks may take: on a CPU, a fixed budget; on a GPU or TPU, a share of what is free
@@ -57,8 +56,8 @@ class AcceleratedExplainer:
                  chunk_size: int | None = None):
         if output not in OUTPUTS:
             raise ValueError(f"output must be one of {', '.join(OUTPUTS)}, got {output!r}")
-        if softmax_rule not in SOFTMAX_RULES:
-            raise ValueError(f"softmax_rule must be one of {', '.join(SOFTMAX_RULES)}, got {softmax_rule!r}")
+        if softmax_rule not in SOFTMAX_RULE_NAMES:
+            raise ValueError(f"softmax_rule must be one of {', '.join(SOFTMAX_RULE_NAMES)}, got {softmax_rule!r}")
         if any(layer.kind == "softmax" for layer in layers[:-1]):
             raise UnsupportedModelError("the accelerated engine takes a softmax only as the model's last layer")
         has_softmax = bool(layers) and layers[-1].kind == "softmax"

@@ -9,9 +9,9 @@ import tensorflow as tf
 
 from deepshap import head
 from deepshap.network import Network
+from deepshap.options import OUTPUTS, SOFTMAX_RULE_NAMES
 from deepshap.support import UnsupportedModelError
 
-OUTPUTS = ("probability", "logit")
 # Images whose multipliers at the fused block's input are held at once: 5 x 100 references x 10 classes
 # x 5,408 in the lab's model, 216 MB (measured: the whole process's peak 0.2 GB lower than with all 10 images
 # of the lab at once, for the same time). Other chunks and class counts hold as many (image x reference x
@@ -24,7 +24,7 @@ PREDICT_BATCH = 128
 # Images explained at once: their image parts (the top's rows, 216 KB an image in the lab's model) are held
 # through the pass over the background.
 IMAGES_PER_BATCH = 1000
-SOFTMAX_RULES = {"shap": head.shap_softmax, "shapley": head.shapley_softmax}
+SOFTMAX_RULES = dict(zip(SOFTMAX_RULE_NAMES, (head.shap_softmax, head.shapley_softmax), strict=True))
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
-"""The data: IDX files (gzipped), the preprocessed splits, and the class names."""
+"""The data: IDX files (gzipped), the preprocessed splits, the class names, and the test predictions evaluate records."""
 
+import csv
 import gzip
 import hashlib
 import zlib
@@ -71,3 +72,23 @@ def load_split(directory: Path) -> tuple[np.ndarray, np.ndarray]:
     """Return (x, y) of a split written by the preprocess stage."""
     directory = Path(directory)
     return np.load(directory / "x.npy"), np.load(directory / "y.npy")
+
+
+def prediction_rows(labels: np.ndarray, predicted: np.ndarray) -> list[dict]:
+    """Return the evaluate stage's record of its predictions, a row of (actual, predicted) class names per test image
+    in the split's order: `dvc plots` draws it as a confusion matrix, and the mistakes stage reads it."""
+    return [{"actual": CLASS_NAMES[a], "predicted": CLASS_NAMES[p]} for a, p in zip(labels, predicted)]
+
+
+def load_predicted(path: Path, count: int) -> np.ndarray:
+    """Return each test image's predicted class, (count,) int64, from a CSV of prediction_rows; fail in one line
+    unless it holds count rows of known class names."""
+    try:
+        with open(path, newline="") as file:
+            predicted = [CLASS_NAMES.index(row["predicted"]) for row in csv.DictReader(file)]
+    except (KeyError, ValueError, csv.Error):
+        predicted = None
+    if predicted is None or len(predicted) != count:
+        raise PipelineError(f"{path} is not the evaluate stage's predictions of the {count} test images; run the "
+                            f"evaluate stage again")
+    return np.array(predicted, dtype=np.int64)

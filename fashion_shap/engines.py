@@ -7,17 +7,25 @@
 Every engine answers the same calls, as deepshap.Explainer does: predict(images), expected_value(background)
 and shap_values(images, background, classes=None, progress=None), whose progress counts background
 images done.
+
+Each engine's libraries load when it is made, not with this module: the mistakes stage checks its params
+here in a process that never loads TensorFlow (its Ray workers explain), 3 s sooner at its start.
 """
+
+from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-import keras
 import numpy as np
 
-from deepshap import OUTPUTS, SOFTMAX_RULES, Explainer, UnsupportedModelError, shap_reference
-from deepshap.reference import logit_model
+from deepshap.errors import UnsupportedModelError
+from deepshap.options import OUTPUTS, SOFTMAX_RULE_NAMES
 from fashion_shap.params import PARAMS_FILE, PipelineError
+
+if TYPE_CHECKING:
+    import keras
 
 ENGINES = ("fast", "accelerated", "shap")
 ACCELERATED_INSTALL = "pip install -e '.[gpu]' (JAX with CUDA) or -e '.[test]' (JAX for the CPU)"
@@ -25,7 +33,7 @@ ACCELERATED_INSTALL = "pip install -e '.[gpu]' (JAX with CUDA) or -e '.[test]' (
 
 def check_engine_params(params: dict) -> None:
     """Fail with one line naming the param unless explain.engine, output and softmax_rule fit together."""
-    for key, allowed in (("engine", ENGINES), ("output", OUTPUTS), ("softmax_rule", tuple(SOFTMAX_RULES))):
+    for key, allowed in (("engine", ENGINES), ("output", OUTPUTS), ("softmax_rule", SOFTMAX_RULE_NAMES)):
         if params[key] not in allowed:
             raise PipelineError(f"{PARAMS_FILE}: explain.{key} must be one of {', '.join(allowed)}, got {params[key]!r}")
     if params["engine"] == "shap" and params["output"] == "probability" and params["softmax_rule"] != "shap":
@@ -39,6 +47,8 @@ class ShapEngine:
     """shap.DeepExplainer behind the engines' calls: every class explained, one image at a time."""
 
     def __init__(self, model: keras.Model, output: str):
+        from deepshap.reference import logit_model
+
         self.model, self.output = model, output
         self.explained = logit_model(model) if output == "logit" else model
 
@@ -51,6 +61,8 @@ class ShapEngine:
     def shap_values(self, images: np.ndarray, background: np.ndarray, classes: np.ndarray | None = None,
                     progress: Callable[[float], None] | None = None) -> np.ndarray:
         """Return the values (images, *image shape, classes), or of each image's classes (images, k) if given."""
+        from deepshap.reference import shap_reference
+
         per_image = None if progress is None else (lambda _: progress(len(background) / len(images)))
         values = shap_reference(self.model, background, images, self.output, progress=per_image)
         if classes is None:
@@ -86,6 +98,8 @@ def make_explainer(model: keras.Model, engine: str, output: str, softmax_rule: s
     try:
         if engine == "accelerated":
             return accelerated_explainer(model, output, softmax_rule)
+        from deepshap.explainer import Explainer
+
         return Explainer(model, output=output, softmax_rule=softmax_rule, chunk_size=chunk_size)
     except UnsupportedModelError as error:
         raise PipelineError(f"{error}; set explain.engine: shap in {PARAMS_FILE}") from None

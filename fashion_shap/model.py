@@ -6,6 +6,7 @@ attribute), so the stages that load it need no model params of their own.
 """
 
 import json
+import tempfile
 from pathlib import Path
 
 import h5py
@@ -93,15 +94,29 @@ def set_seed(seed: int) -> None:
     tf.config.experimental.enable_op_determinism()
 
 
-def load_model(path: str | Path) -> keras.Model:
-    """Return the CNN saved by the train stage: built from the architecture in the file, with its weights."""
+def load_model(path: str | Path, data: bytes | None = None) -> keras.Model:
+    """Return the CNN saved by the train stage: built from the architecture in the file, with its weights.
+
+    data: the file's bytes, read where the file is (a Ray worker on another machine gets them so); path then
+    only names the file in an error.
+    """
+    if data is None:
+        return read_model(path, path)
+    with tempfile.TemporaryDirectory(prefix="model-") as folder:
+        copy = Path(folder) / "model.weights.h5"  # Keras reads weights from a file's path alone
+        copy.write_bytes(data)
+        return read_model(copy, path)
+
+
+def read_model(file_path: Path, path: str | Path) -> keras.Model:
+    """Return the CNN in the weights file at file_path, or fail in one line naming path."""
     try:
-        with h5py.File(path, "r") as file:
+        with h5py.File(file_path, "r") as file:
             stored = file.attrs.get(ARCHITECTURE_ATTRIBUTE)
         if stored is None:
             raise ValueError("it holds no architecture")
         model = build_model(**json.loads(stored))
-        model.load_weights(path)
+        model.load_weights(file_path)
     except (OSError, ValueError) as error:
         raise PipelineError(f"cannot load model weights from {path} ({error}); run the train stage again") from None
     return model

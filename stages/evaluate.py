@@ -8,7 +8,7 @@ draws as a confusion matrix.
 
 import numpy as np
 
-from fashion_shap.data import CLASS_NAMES, NUM_CLASSES, load_split
+from fashion_shap.data import CLASS_NAMES, NUM_CLASSES, load_split, prediction_rows
 from fashion_shap.files import save_csv, save_json
 from fashion_shap.model import load_model
 from fashion_shap.params import parse_paths, run
@@ -49,8 +49,7 @@ def main(argv: list[str] | None = None) -> None:
     report = test_metrics(probabilities, y_test)
     save_json(metrics_path, headline(report))
     save_json(report_path, report)
-    predicted = probabilities.argmax(axis=1)
-    save_csv(confusion_path, [{"actual": CLASS_NAMES[a], "predicted": CLASS_NAMES[p]} for a, p in zip(y_test, predicted)])
+    save_csv(confusion_path, prediction_rows(y_test, probabilities.argmax(axis=1)))
     print(f"evaluate: test accuracy {report['accuracy']:.4f}, loss {report['loss']:.4f}")
 
 

@@ -7,7 +7,9 @@ when mistakes.ray_address is empty, else the cluster at that address ("auto", "h
 "ray://host:port"). The bytes are the same for any number of workers and any shard size, and without
 Ray (fashion_shap/mistakes/shards.py).
 
-Reads: the model's weights, the background and the test directory.
+Reads: the model's weights, the background, the test directory and the evaluate stage's predictions
+(a CSV of actual and predicted class names per test image): the stage's own process never loads
+TensorFlow, only its workers do.
 Writes: a directory (shap_values.npy (mistakes, 28, 28, 1, 2), whose last axis holds the true class
 then the predicted one; test_indices.npy, true_classes.npy, predicted_classes.npy), metrics JSON
 (the headline: how many mistakes), a report JSON (their error rate, count per pair, and how
@@ -19,14 +21,13 @@ Concentration, in the report: see fashion_shap/mistakes/concentration.py.
 
 import numpy as np
 
-from fashion_shap.data import load_split
-from fashion_shap.engines import check_engine_params, make_explainer
+from fashion_shap.data import load_predicted, load_split
+from fashion_shap.engines import check_engine_params
 from fashion_shap.figures import save_figure
 from fashion_shap.files import save_arrays, save_json
 from fashion_shap.mistakes.concentration import channel_sums, find_mistakes, mistake_metrics, top_pairs
 from fashion_shap.mistakes.figure import pairs_figure
 from fashion_shap.mistakes.shards import check_reachable, explain_on_ray
-from fashion_shap.model import load_model
 from fashion_shap.params import parse_paths, read_params, require_at_most, require_positive, run
 
 
@@ -47,23 +48,22 @@ def read_settings() -> tuple[dict, dict]:
 
 def main(argv: list[str] | None = None) -> None:
     settings, params = read_settings()
-    model_path, background_path, test_dir, output_dir, metrics_path, report_path, figure_path = parse_paths(
-        "mistakes", __doc__, ["model", "background", "test_dir", "mistakes_dir", "metrics", "report", "figure"], argv
+    model_path, background_path, test_dir, predictions_path, output_dir, metrics_path, report_path, figure_path = (
+        parse_paths("mistakes", __doc__, ["model", "background", "test_dir", "predictions", "mistakes_dir", "metrics",
+                                          "report", "figure"], argv)
     )
 
-    model = load_model(model_path)
-    # Fails here, in one line, if the fast engine cannot take the model.
-    make_explainer(model, settings["engine"], settings["output"], settings["softmax_rule"], settings["chunk_size"])
+    model_file = (str(model_path), model_path.read_bytes())  # loaded by the workers
     background = np.load(background_path, mmap_mode="r")
     require_at_most("mistakes.background_size", params["background_size"], len(background), "the background")
     background = background[: params["background_size"]]
     x_test, y_test = load_split(test_dir)
-    indices, classes = find_mistakes(model.predict(x_test, verbose=0), y_test)
+    indices, classes = find_mistakes(load_predicted(predictions_path, len(y_test)), y_test)
     images = x_test[indices]
     print(f"mistakes: {len(indices)} of {len(x_test)} test images misclassified, explained against "
           f"{len(background)} background images, {settings['engine']} engine, {settings['output']} output")
 
-    values = explain_on_ray(params["ray_address"], None, model, background, images, classes, settings,
+    values = explain_on_ray(params["ray_address"], None, model_file, background, images, classes, settings,
                             params["shard_size"])
     maps = channel_sums(values)
     pairs = top_pairs(classes, params["top_pairs"])

@@ -293,6 +293,8 @@ def mistaken(prepared, tmp_path_factory) -> Path:
     that every image is a mistake, and tiny params."""
     from mistakes_data import IMAGES, PARAMS, labels_one_or_two_off
 
+    from fashion_shap.data import prediction_rows
+    from fashion_shap.files import save_csv
     from fashion_shap.model import load_model
 
     directory = tmp_path_factory.mktemp("mistaken")
@@ -301,8 +303,10 @@ def mistaken(prepared, tmp_path_factory) -> Path:
     shutil.copy(prepared / "data/background.npy", directory / "data/background.npy")
     x_test = np.load(prepared / "data/test/x.npy")[:IMAGES]
     predicted = load_model(directory / "models/model.weights.h5").predict(x_test, verbose=0).argmax(axis=1)
+    labels = labels_one_or_two_off(predicted).astype(np.uint8)
     np.save(directory / "data/test/x.npy", x_test)
-    np.save(directory / "data/test/y.npy", labels_one_or_two_off(predicted).astype(np.uint8))
+    np.save(directory / "data/test/y.npy", labels)
+    save_csv(directory / "plots/confusion.csv", prediction_rows(labels, predicted))  # as the evaluate stage writes it
     params = yaml.safe_load((prepared / "params.yaml").read_text())
     params["mistakes"] = dict(PARAMS)
     write_params(directory, params)
@@ -312,10 +316,10 @@ def mistaken(prepared, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def reference(mistaken) -> np.ndarray:
     """The values of every mistake, in this process, in one shard: what every other way must reproduce."""
-    from mistakes_data import SETTINGS, inputs
+    from mistakes_data import SETTINGS, inputs, model_file
 
     from fashion_shap.mistakes.shards import explain_in_process
 
-    model, background, images, classes = inputs(mistaken)
-    return explain_in_process(model, background, images, classes, SETTINGS, shard_size=len(images))
+    _, background, images, classes = inputs(mistaken)
+    return explain_in_process(model_file(mistaken), background, images, classes, SETTINGS, shard_size=len(images))
 

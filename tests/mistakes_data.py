@@ -10,8 +10,8 @@ from conftest import write_params
 from fashion_shap.mistakes.concentration import find_mistakes
 from fashion_shap.model import load_model
 
-ARGS = ["models/model.weights.h5", "data/background.npy", "data/test", "out/mistakes", "out/mistakes.json",
-        "out/report.json", "out/mistakes.png"]
+ARGS = ["models/model.weights.h5", "data/background.npy", "data/test", "plots/confusion.csv", "out/mistakes",
+        "out/mistakes.json", "out/report.json", "out/mistakes.png"]
 SETTINGS = {"engine": "fast", "output": "probability", "softmax_rule": "shap", "chunk_size": 10}
 IMAGES = 16  # test images, all mistakes once relabelled
 PARAMS = {"background_size": 10, "ray_address": "", "shard_size": 4, "chunk_size": 10, "top_pairs": 2}
@@ -31,9 +31,15 @@ def copy_with(source: Path, target: Path, **mistakes_params) -> Path:
     return target
 
 
+def model_file(directory: Path) -> tuple[str, bytes]:
+    """Return (path, bytes) of a stage directory's weights file, as the stage passes them on."""
+    path = directory / "models/model.weights.h5"
+    return str(path), path.read_bytes()
+
+
 def inputs(directory: Path, background_size: int = PARAMS["background_size"]) -> tuple:
-    """Return (model, background, images, classes) of a stage directory, as the stage finds them."""
+    """Return (model, background, images, classes) of a stage directory: the mistakes of the model's own predictions."""
     model = load_model(directory / "models/model.weights.h5")
     x_test, y_test = np.load(directory / "data/test/x.npy"), np.load(directory / "data/test/y.npy")
-    indices, classes = find_mistakes(model.predict(x_test, verbose=0), y_test)
+    indices, classes = find_mistakes(model.predict(x_test, verbose=0).argmax(axis=1), y_test)
     return model, np.load(directory / "data/background.npy")[:background_size], x_test[indices], classes

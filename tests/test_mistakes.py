@@ -23,7 +23,7 @@ import psutil
 import pytest
 import yaml
 from conftest import ROOT, assert_one_line_error, dvc, run_stage, set_param
-from mistakes_data import ARGS, IMAGES, SETTINGS, copy_with, inputs
+from mistakes_data import ARGS, IMAGES, SETTINGS, copy_with, inputs, model_file
 
 from fashion_shap.mistakes.shards import connect, disconnect, explain_in_process
 from fashion_shap.model import load_model
@@ -252,8 +252,8 @@ def test_local_ray_retries_a_worker_killed_in_a_shard_gives_the_bytes_of_one_pro
     session folder is gone, and the link to the latest (one local Ray started for both checks: a Ray's
     start is most of either's time)."""
     directory = slow_stage(prepared, mistaken, tmp_path / "stage")
-    model, background, images, classes = inputs(directory, background_size=200)
-    expected = explain_in_process(model, background, images, classes, SETTINGS, shard_size=len(images))
+    _, background, images, classes = inputs(directory, background_size=200)
+    expected = explain_in_process(model_file(directory), background, images, classes, SETTINGS, shard_size=len(images))
 
     stage = run_mistakes(directory, RAY_TMPDIR=str(ray_root))
     killed = None
@@ -270,6 +270,21 @@ def test_local_ray_retries_a_worker_killed_in_a_shard_gives_the_bytes_of_one_pro
     np.testing.assert_array_equal(np.load(directory / "out/mistakes/shap_values.npy"), expected)
     assert (ray_root / "ray").is_dir()  # where the session was
     assert not list((ray_root / "ray").glob("session*"))  # its folder, and the link to the latest
+
+
+@pytest.mark.slow
+def test_a_ray_workers_error_is_the_stages_one_line(mistaken, tmp_path, ray_root, monkeypatch):
+    """A damaged weights file, which only the Ray workers load: one line naming it, not Ray's traceback."""
+    directory = copy_with(mistaken, tmp_path / "stage")  # 16 mistakes in shards of 4: on Ray
+    (directory / "models/model.weights.h5").write_bytes(b"not an HDF5 file")
+    monkeypatch.setenv("RAY_TMPDIR", str(ray_root))
+    monkeypatch.chdir(directory)
+    with pytest.raises(PipelineError) as error:
+        main(ARGS)
+    assert type(error.value) is PipelineError and "\n" not in str(error.value)
+    assert str(error.value).startswith("cannot load model weights from models/model.weights.h5 (")
+    assert str(error.value).endswith("run the train stage again")
+    assert not (directory / "out").exists()
 
 
 # --- In the pipeline ---

@@ -19,9 +19,9 @@ REGION_SHARE = 0.1  # of the pixels: a pair's region
 CONCENTRATED = 2 * REGION_SHARE
 
 
-def find_mistakes(probabilities: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Return (test indices of the misclassified images, their classes (mistakes, 2): [true, predicted])."""
-    predicted = probabilities.argmax(axis=1)
+def find_mistakes(predicted: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Return (test indices of the misclassified images, their classes (mistakes, 2): [true, predicted]), given each
+    test image's predicted class."""
     indices = np.flatnonzero(predicted != labels)
     return indices, np.stack([labels[indices], predicted[indices]], axis=1).astype(np.int64)
 

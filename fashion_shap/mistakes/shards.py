@@ -1,9 +1,14 @@
 """The mistakes explained in shards on Ray: a local Ray with one worker per core, or a cluster.
 
-Each worker is an actor that receives the model, the background and the images once and then
-explains shards by position; a lost worker is restarted and its shard rerun. An image's values do
+Each worker is an actor that receives the model's weights file, the background and the images once and
+then explains shards by position; a lost worker is restarted and its shard rerun. An image's values do
 not depend on the images explained with it, and each shard is written to its own rows, so the bytes
 are the same for any number of workers and any shard size, and without Ray. Only Ray's public API.
+
+The workers load TensorFlow; the stage's own process does not, and its workers start sooner (its imports
+took 5.5 s with TensorFlow, 1.4 s without, and it no longer loads the model to predict: evaluate's
+predictions say which images are mistakes). A worker's one-line error (a damaged weights file, an engine
+that cannot take the model) is the stage's.
 """
 
 import logging
@@ -34,12 +39,18 @@ WORKER_ENV = {
 
 
 class ShardExplainer:
-    """Explains shards of the mistakes, given by position, for each image's two classes."""
+    """Explains shards of the mistakes, given by position, for each image's two classes.
 
-    def __init__(self, model, background: np.ndarray, images: np.ndarray, classes: np.ndarray, settings: dict):
+    model_file: (the weights file's path, its bytes).
+    """
+
+    def __init__(self, model_file: tuple[str, bytes], background: np.ndarray, images: np.ndarray, classes: np.ndarray,
+                 settings: dict):
+        from fashion_shap.model import load_model  # TensorFlow loads here, in the worker
+
         self.images, self.classes = images, classes
-        self.explainer = make_explainer(model, settings["engine"], settings["output"], settings["softmax_rule"],
-                                        settings["chunk_size"])
+        self.explainer = make_explainer(load_model(*model_file), settings["engine"], settings["output"],
+                                        settings["softmax_rule"], settings["chunk_size"])
         # The fast engine's forward pass of the background, made once for every shard.
         self.background = (self.explainer.prepare(background) if isinstance(self.explainer, deepshap.Explainer)
                            else background)
@@ -63,7 +74,7 @@ class RayWorker:
         self.worker = None
 
     def explain(self, shared: list, settings: dict, start: int, stop: int) -> tuple[int, np.ndarray]:
-        """shared: references to (model, background, images, classes), nested in a list so that Ray passes them
+        """shared: references to (model_file, background, images, classes), nested in a list so that Ray passes them
         unresolved: each worker fetches them once."""
         if self.worker is None:
             self.worker = ShardExplainer(*ray.get(shared), settings)
@@ -74,10 +85,10 @@ def shard_bounds(count: int, shard_size: int) -> list[tuple[int, int]]:
     return [(start, min(start + shard_size, count)) for start in range(0, count, shard_size)]
 
 
-def explain_in_process(model, background: np.ndarray, images: np.ndarray, classes: np.ndarray, settings: dict,
-                       shard_size: int) -> np.ndarray:
+def explain_in_process(model_file: tuple[str, bytes], background: np.ndarray, images: np.ndarray, classes: np.ndarray,
+                       settings: dict, shard_size: int) -> np.ndarray:
     """Return the values of every image, shard by shard in this process: what Ray must reproduce."""
-    worker = ShardExplainer(model, background, images, classes, settings)
+    worker = ShardExplainer(model_file, background, images, classes, settings)
     values = np.zeros(images.shape + (2,), dtype=np.float32)
     for start, stop in shard_bounds(len(images), shard_size):
         values[start:stop] = worker.explain(start, stop)[1]
@@ -156,11 +167,12 @@ def disconnect(session: Path | None) -> None:
         latest.unlink()
 
 
-def explain_on_ray(address: str, workers: int | None, model, background: np.ndarray, images: np.ndarray,
-                   classes: np.ndarray, settings: dict, shard_size: int) -> np.ndarray:
+def explain_on_ray(address: str, workers: int | None, model_file: tuple[str, bytes], background: np.ndarray,
+                   images: np.ndarray, classes: np.ndarray, settings: dict, shard_size: int) -> np.ndarray:
     """Return the values of every image, (images, 28, 28, 1, 2), explained in shards by one actor per Ray CPU.
 
     address: empty for a local Ray of workers CPUs (None: one per core), else a reachable cluster's.
+    model_file: (the weights file's path, its bytes).
     """
     values = np.zeros(images.shape + (2,), dtype=np.float32)
     shards = shard_bounds(len(images), shard_size)
@@ -169,19 +181,23 @@ def explain_on_ray(address: str, workers: int | None, model, background: np.ndar
     if not address and len(shards) == 1:
         # Nothing to share out: starting a local Ray (some 15 s) would only add time; the bytes are the same.
         print("mistakes: 1 shard, explained in this process")
-        return explain_in_process(model, background, images, classes, settings, shard_size)
+        return explain_in_process(model_file, background, images, classes, settings, shard_size)
     session = None  # until connect returns: a Ray stopped while it starts is shut down all the same
     try:
         session = connect(address, workers)
         count = min(int(ray.cluster_resources().get("CPU", 1)), len(shards))
         print(f"mistakes: {len(shards)} shards of up to {shard_size} images on {count} Ray workers")
         # Put once in the object store: the workers share them instead of receiving a copy each.
-        shared = [ray.put(value) for value in (model, np.asarray(background), images, classes)]
+        shared = [ray.put(value) for value in (model_file, np.asarray(background), images, classes)]
         pool = ActorPool([RayWorker.remote() for _ in range(count)])
         results = pool.map_unordered(lambda actor, bounds: actor.explain.remote(shared, settings, *bounds), shards)
         for start, shard in tqdm(results, total=len(shards), desc="mistakes", unit="shard", disable=not is_terminal()):
             values[start : start + len(shard)] = shard  # each shard to its own rows, whatever order they finish in
         return values
+    except ray.exceptions.RayTaskError as error:
+        if isinstance(error.cause, PipelineError):  # a worker's one-line error, without Ray's traceback
+            raise PipelineError(str(error.cause)) from None
+        raise
     except ray.exceptions.RayActorError as error:
         raise PipelineError(f"a Ray worker died {RETRIES + 1} times on one shard (out of memory? lower "
                             f"mistakes.shard_size or mistakes.chunk_size): {str(error).splitlines()[0]}") from None
