@@ -119,6 +119,18 @@ def test_chosen_classes_and_chunks_give_the_cpu_engines_values():
     assert done == [3, 3, 1]
 
 
+def test_models_that_differ_in_their_weights_share_the_compiled_passes_and_keep_their_own_values():
+    """As the trust stage's randomized models do: jax compiles each input shape once for all of them."""
+    images, background = grid_images(2, 6), grid_images(5, 7)
+    trained, randomized = (stack("two conv blocks", seed=seed) for seed in (8, 9))
+    first, second = (AcceleratedExplainer(layers_from_keras(model)) for model in (trained, randomized))
+    assert (first.logits, first.chunk) == (second.logits, second.chunk)  # the same compiled functions
+    for model, explainer in ((trained, first), (randomized, second)):
+        expected = Explainer(model, chunk_size=5).shap_values(images, background)
+        assert_close(explainer.shap_values(images, background), expected)
+    assert AcceleratedExplainer(layers_from_keras(stack("two dense layers"))).chunk is not first.chunk
+
+
 @pytest.mark.parametrize("name", ["lab", "batch norm"])
 def test_grid_weights_give_both_engines_the_same_logits(name):
     model, images = stack(name), grid_images(8, 2)

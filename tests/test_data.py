@@ -1,9 +1,8 @@
-"""data: a damaged gzip file is a one-line error naming it."""
+"""data: a damaged gzip file is a one-line error naming it; the predictions evaluate records read back."""
 
 import gzip
 
 import numpy as np
-
 import pytest
 
 from fashion_shap.data import load_predicted, prediction_rows, read_gzip
