@@ -179,7 +179,8 @@ def test_stage_runs_on_a_two_node_cluster_through_the_address_param_and_a_worker
     (damaged / "models/model.weights.h5").write_bytes(b"not an HDF5 file")
     stage = run_mistakes(damaged)
     stdout, stderr = stage.communicate(timeout=300)
-    assert_one_line_error(subprocess.CompletedProcess(stage.args, stage.returncode, stdout, stderr), "cannot load model weights from models/model.weights.h5", "run the train stage again")
+    failed = subprocess.CompletedProcess(stage.args, stage.returncode, stdout, stderr)
+    assert_one_line_error(failed, "cannot load model weights from models/model.weights.h5", "run the train stage again")
     assert not (damaged / "out").exists()
 
 
