@@ -3,6 +3,7 @@ stopped (Ctrl-C, SIGTERM, or the death of the `dvc repro` that started it) also 
 
 import argparse
 import errno
+import gc
 import os
 import signal
 import sys
@@ -30,6 +31,12 @@ def run(main: Callable[[], None]) -> None:
     """Run a stage's main() as its command, then end the process: a PipelineError, a missing input or a full disk
     becomes a one-line message and exit code 1, a stop (Ctrl-C, SIGTERM, the launcher gone) "error: interrupted"
     and exit code 130, once main's finally blocks have cleaned up (shut Ray down, removed temporary files)."""
+    if not gc.isenabled():
+        # Off while the stage's modules loaded (stages/__init__.py). Their objects live as long as the process: they
+        # leave the collector's view (freeze) rather than be gone over at its next passes (measured, 3 runs
+        # alternated: the explain stage's fixed cost 2.3-2.5 s -> 2.0-2.1 s; without freeze, no gain).
+        gc.freeze()
+        gc.enable()
     try:
         with interruptible():
             main()

@@ -46,6 +46,17 @@ def test_a_stage_that_succeeds_exits_zero_with_all_it_printed_and_skips_the_tear
     assert (result.returncode, result.stdout, result.stderr) == (0, "done", "note")
 
 
+@pytest.mark.parametrize("started_as, during_imports", [("-m", False), ("-c", True)])
+def test_the_collector_is_off_while_a_stage_started_with_dash_m_loads_and_on_in_its_main(started_as, during_imports):
+    """`python -m stages.<name>` has sys.argv[0] == "-m" while the stages package loads; a process that imports it
+    otherwise (a test, a notebook) keeps the collector on throughout."""
+    script = ("import gc, sys\nsys.argv[0] = " + repr(started_as) + "\nimport stages\nprint(gc.isenabled())\n"
+              "from fashion_shap.params import run\n"
+              "run(lambda: print(gc.isenabled(), gc.get_freeze_count() > 0))\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert result.stdout.split() == [str(during_imports), "True", str(not during_imports)]
+
+
 # --- A stage stopped: Ctrl-C, SIGTERM, or the process that started it gone ---
 
 # A stand-in for a stage: run() around a main that waits, after saying it started (no TensorFlow to load).
