@@ -26,7 +26,7 @@ from ray.util.actor_pool import ActorPool
 
 from fashion_shap.data import load_split
 from fashion_shap.mistakes.concentration import find_mistakes
-from fashion_shap.mistakes.shards import RayWorker, connect, shard_bounds
+from fashion_shap.mistakes.shards import RayWorker, connect, model_file, shard_bounds
 from fashion_shap.model import load_model
 
 WORKERS = (1, 2)
@@ -113,8 +113,7 @@ def main() -> None:
 
     rows, results = [], []
     for count in WORKERS:
-        model_file = (args.model, Path(args.model).read_bytes())
-        row, values = measure(count, (model_file, background, x_test[indices], classes), args.shard_size)
+        row, values = measure(count, (model_file(args.model), background, x_test[indices], classes), args.shard_size)
         rows.append(row)
         results.append(values)
         print(f"{count} workers: {row['rate']:.2f} images/s, {row['cpu_rate']:.2f} images per CPU second, "

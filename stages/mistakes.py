@@ -27,7 +27,7 @@ from fashion_shap.figures import save_figure
 from fashion_shap.files import save_arrays, save_json
 from fashion_shap.mistakes.concentration import channel_sums, find_mistakes, mistake_metrics, top_pairs
 from fashion_shap.mistakes.figure import pairs_figure
-from fashion_shap.mistakes.shards import check_reachable, explain_on_ray
+from fashion_shap.mistakes.shards import check_reachable, explain_on_ray, model_file
 from fashion_shap.params import parse_paths, read_params, require_at_most, require_positive, run
 
 
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
                                           "report", "figure"], argv)
     )
 
-    model_file = (str(model_path), model_path.read_bytes())  # loaded by the workers
+    weights = model_file(model_path)  # loaded by the workers
     background = np.load(background_path, mmap_mode="r")
     require_at_most("mistakes.background_size", params["background_size"], len(background), "the background")
     background = background[: params["background_size"]]
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"mistakes: {len(indices)} of {len(x_test)} test images misclassified, explained against "
           f"{len(background)} background images, {settings['engine']} engine, {settings['output']} output")
 
-    values = explain_on_ray(params["ray_address"], None, model_file, background, images, classes, settings,
+    values = explain_on_ray(params["ray_address"], None, weights, background, images, classes, settings,
                             params["shard_size"])
     maps = channel_sums(values)
     pairs = top_pairs(classes, params["top_pairs"])

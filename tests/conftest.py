@@ -316,10 +316,10 @@ def mistaken(prepared, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def reference(mistaken) -> np.ndarray:
     """The values of every mistake, in this process, in one shard: what every other way must reproduce."""
-    from mistakes_data import SETTINGS, inputs, model_file
+    from mistakes_data import SETTINGS, inputs, weights
 
     from fashion_shap.mistakes.shards import explain_in_process
 
     _, background, images, classes = inputs(mistaken)
-    return explain_in_process(model_file(mistaken), background, images, classes, SETTINGS, shard_size=len(images))
+    return explain_in_process(weights(mistaken), background, images, classes, SETTINGS, shard_size=len(images))
 

@@ -8,6 +8,7 @@ import yaml
 from conftest import write_params
 
 from fashion_shap.mistakes.concentration import find_mistakes
+from fashion_shap.mistakes.shards import model_file
 from fashion_shap.model import load_model
 
 ARGS = ["models/model.weights.h5", "data/background.npy", "data/test", "plots/confusion.csv", "out/mistakes",
@@ -31,10 +32,9 @@ def copy_with(source: Path, target: Path, **mistakes_params) -> Path:
     return target
 
 
-def model_file(directory: Path) -> tuple[str, bytes]:
+def weights(directory: Path) -> tuple[str, bytes]:
     """Return (path, bytes) of a stage directory's weights file, as the stage passes them on."""
-    path = directory / "models/model.weights.h5"
-    return str(path), path.read_bytes()
+    return model_file(directory / "models/model.weights.h5")
 
 
 def inputs(directory: Path, background_size: int = PARAMS["background_size"]) -> tuple:

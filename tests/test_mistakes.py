@@ -23,7 +23,7 @@ import psutil
 import pytest
 import yaml
 from conftest import ROOT, assert_one_line_error, dvc, run_stage, set_param
-from mistakes_data import ARGS, IMAGES, SETTINGS, copy_with, inputs, model_file
+from mistakes_data import ARGS, IMAGES, SETTINGS, copy_with, inputs, weights
 
 from fashion_shap.mistakes.shards import connect, disconnect, explain_in_process
 from fashion_shap.model import load_model
@@ -264,7 +264,7 @@ def test_local_ray_retries_a_worker_killed_in_a_shard_gives_the_bytes_of_one_pro
     start is most of either's time)."""
     directory = slow_stage(prepared, mistaken, tmp_path / "stage")
     _, background, images, classes = inputs(directory, background_size=200)
-    expected = explain_in_process(model_file(directory), background, images, classes, SETTINGS, shard_size=len(images))
+    expected = explain_in_process(weights(directory), background, images, classes, SETTINGS, shard_size=len(images))
 
     stage = run_mistakes(directory, RAY_TMPDIR=str(ray_root))
     killed = None

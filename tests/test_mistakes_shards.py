@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from mistakes_data import IMAGES, SETTINGS, inputs, model_file
+from mistakes_data import IMAGES, SETTINGS, inputs, weights
 
 from fashion_shap.mistakes.shards import explain_in_process
 
@@ -11,7 +11,7 @@ def test_shards_of_any_size_give_the_same_bytes_and_the_values_add_up(mistaken, 
     model, background, images, classes = inputs(mistaken)
     assert len(images) == IMAGES  # every relabelled image is a mistake
     for shard_size in (5, 7):
-        np.testing.assert_array_equal(explain_in_process(model_file(mistaken), background, images, classes, SETTINGS,
+        np.testing.assert_array_equal(explain_in_process(weights(mistaken), background, images, classes, SETTINGS,
                                                          shard_size),
                                       reference)
     # Completeness, class by class: the true class's values first, then the predicted one's.
@@ -26,8 +26,8 @@ def test_shards_of_any_size_give_the_same_bytes_and_the_values_add_up(mistaken, 
 @pytest.mark.slow
 def test_shap_engine_gives_the_fast_engines_values_for_the_two_classes(mistaken):
     _, background, images, classes = inputs(mistaken, background_size=5)
-    settings, weights = dict(SETTINGS, chunk_size=5), model_file(mistaken)
-    fast = explain_in_process(weights, background, images[:3], classes[:3], settings, shard_size=3)
-    shap = explain_in_process(weights, background, images[:3], classes[:3], dict(settings, engine="shap"), shard_size=2)
+    settings, file = dict(SETTINGS, chunk_size=5), weights(mistaken)
+    fast = explain_in_process(file, background, images[:3], classes[:3], settings, shard_size=3)
+    shap = explain_in_process(file, background, images[:3], classes[:3], dict(settings, engine="shap"), shard_size=2)
     np.testing.assert_allclose(shap, fast, rtol=0, atol=1e-5)
     assert np.abs(fast).max() > 1e-3

@@ -38,6 +38,11 @@ WORKER_ENV = {
 }
 
 
+def model_file(path: str | Path) -> tuple[str, bytes]:
+    """Return (the weights file's path, its bytes): how the workers get the model, wherever they run."""
+    return str(path), Path(path).read_bytes()
+
+
 class ShardExplainer:
     """Explains shards of the mistakes, given by position, for each image's two classes.
 
