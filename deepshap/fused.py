@@ -21,7 +21,7 @@ import numpy as np
 
 from deepshap.kernels_block import block_backward
 from deepshap.kernels_input import pool_conv_backward
-from deepshap.kernels_top import dense_top_backward, image_rows
+from deepshap.kernels_top import dense_top_backward, image_rows, pair_terms
 from deepshap.rules import BATCH_NORM, CONV, DENSE, MAX_POOL, RELU, RESHAPE, Rule, Step, relu_multipliers
 
 logger = logging.getLogger(__name__)
@@ -86,11 +86,11 @@ def block_constants(conv: Step, batch_norm: Step | None, relu: Step, pool: Step)
             "output_size": int(np.prod(pool.output_shape))}
 
 
-def run_input_block(constants: dict, pooled_grad: np.ndarray, images: np.ndarray, image_reads: list,
-                    references: np.ndarray, reference_reads: list, totals: np.ndarray, mix: np.ndarray | None = None
-                    ) -> None:
+def run_input_block(constants: dict, pooled_grad: np.ndarray | None, images: np.ndarray, image_reads: list,
+                    references: np.ndarray, reference_reads: list, totals: np.ndarray, mix: np.ndarray | None = None,
+                    top: tuple | None = None) -> None:
     pool_conv_backward(pooled_grad, images, image_reads[0], references, reference_reads[0], constants["kernel"],
-                       *constants["pool_size"], totals, mix)
+                       *constants["pool_size"], totals, mix, top)
 
 
 def run_block(constants: dict, grad: np.ndarray, image_reads: list, reference_reads: list,
@@ -107,6 +107,14 @@ def top_constants(hidden: Step, relu: Step, head: Step) -> dict:
 
 def top_image_rows(constants: dict, image_reads: list) -> np.ndarray:
     return image_rows(image_reads[0] > 0, constants["hidden"], constants["head"])
+
+
+def top_terms(constants: dict, grad: np.ndarray, image_reads: list, reference_reads: list
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return the top's pair_terms for one image's pairs: with the top's kernels and the image's rows, what the input
+    block's loop reads to make the top's multipliers itself (deepshap.kernels_input.pool_conv_backward's top)."""
+    image_in, reference_in = image_reads[0], reference_reads[0]  # (units,), (refs, units): the ReLU's inputs
+    return pair_terms(grad, image_in > 0, relu_multipliers(image_in[np.newaxis], reference_in), constants["head"])
 
 
 def run_top(constants: dict, grad: np.ndarray, image_reads: list, reference_reads: list,

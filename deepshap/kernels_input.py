@@ -7,7 +7,9 @@ multipliers go straight into the window's input region, summed in registers (add
 padded to whole vectors. Where more rows are
 explained than the model has logits (several head rules at once), the block runs each logit's
 unit row and mixes them at the input, per pair, by the head's multipliers: the backward is linear
-in them. See deepshap.kernels on its determinism and cache.
+in them. Where the model's top is right above the block (the lab's model), the loop makes each pair's
+multipliers at the block's output itself, by the top's loop's arithmetic (top_pairs), and uses them
+while they are in cache. See deepshap.kernels on its determinism and cache.
 """
 
 import numba
@@ -15,16 +17,28 @@ import numpy as np
 from numba.core import cgutils, errors, types
 from numba.extending import intrinsic
 
-from deepshap.kernels import IR, LANES, THREAD_BLOCKS, VECTOR, float32_arrays, fma, route_factor, window_max
+from deepshap.kernels import (
+    IR,
+    LANES,
+    THREAD_BLOCKS,
+    TILE,
+    VECTOR,
+    add_tile,
+    float32_arrays,
+    fma,
+    route_factor,
+    window_max,
+)
 
 # Input positions of a window's region summed in registers at once: as many vectors as the CPU's vector
 # registers hold beside a filter's values and a weight (32 with AVX-512, 16 else).
 REGION_VECTORS = 24 if VECTOR == 16 else 12
 
 
-def pool_conv_backward(pooled_grad: np.ndarray, images: np.ndarray, image_conv_in: np.ndarray, references: np.ndarray,
-                       reference_conv_in: np.ndarray, kernel: np.ndarray, pool_rows: int, pool_columns: int,
-                       totals: np.ndarray, mix: np.ndarray | None = None) -> None:
+def pool_conv_backward(pooled_grad: np.ndarray | None, images: np.ndarray, image_conv_in: np.ndarray,
+                       references: np.ndarray, reference_conv_in: np.ndarray, kernel: np.ndarray, pool_rows: int,
+                       pool_columns: int, totals: np.ndarray, mix: np.ndarray | None = None,
+                       top: tuple | None = None) -> None:
     """Add sum over references of multiplier * (image - reference) to totals (images, rows, columns, channels, classes).
 
     pooled_grad (images, references, classes, pooled rows x pooled columns x filters) float64 or float32: each
@@ -34,13 +48,23 @@ def pool_conv_backward(pooled_grad: np.ndarray, images: np.ndarray, image_conv_i
     mix: None, or (images, references, classes, logits) float64: the head's multipliers of each class
     with respect to the logits, pooled_grad then holding each logit's own rows (images, references,
     logits, ...): a class's multiplier at an input is its row of mix times the logits' there.
+    top: None, or, with pooled_grad None, the model's top (deepshap.kernels_top) as the tuple
+    (grad, image_rows, unit_coefficients, hidden, differs) of dense_top_backward's loop, each with the
+    images' axis first where it has one (deepshap.kernels_top.pair_terms): each pair's multipliers at the
+    max-pool output are then made in the loop and used while they are in cache, the same bytes as
+    dense_top_backward's, not written to memory and read back (10.8 GB at 5,000 references in the
+    lab's model; measured: the lab's explanation 8-10 % faster).
 
     The loop is compiled for the kernel's and the pool's shapes: add_region's sizes must be constants.
     """
     key = kernel.shape[1:] + (pool_rows, pool_columns)
     if key not in POOL_CONV:
         POOL_CONV[key] = _make_pool_conv(*key)
-    POOL_CONV[key](pooled_grad, _read_only(images), image_conv_in, _read_only(references), reference_conv_in,
+    if top is None:
+        top = NO_TOP
+    else:
+        pooled_grad = np.empty((0, 0, 0, 0), dtype=np.float32)
+    POOL_CONV[key](pooled_grad, top, _read_only(images), image_conv_in, _read_only(references), reference_conv_in,
                    region_weights(kernel, pool_rows, pool_columns), totals, None if mix is None else mixing(mix))
 
 
@@ -111,6 +135,9 @@ def _read_only(array: np.ndarray) -> np.ndarray:
     return view
 
 
+# The top's arrays of pool_conv_backward where it has none: of the types of a top's, so one compiled loop serves both.
+NO_TOP = (np.empty((0, 0, 0, 0), dtype=np.float32), np.empty((0, 0, 0), dtype=np.float32),
+          np.empty((0, 0, 0, 0), dtype=np.float32), np.empty((0, 0), dtype=np.float32), np.empty((0, 0, 0), dtype=bool))
 POOL_CONV = {}  # {(kernel rows, kernel columns, channels, pool rows, pool columns): the loop compiled for them}
 
 
@@ -122,9 +149,10 @@ def _make_pool_conv(kh, kw, channels, pool_rows, pool_columns):
 
     # cache=True: the machine code goes to deepshap.cache's shared folder, keyed by the closure's values too.
     @numba.njit(parallel=True, cache=True)
-    def pool_conv(pooled_grad, images, image_conv_in, references, reference_conv_in, table, totals, mix):
+    def pool_conv(pooled_grad, top, images, image_conv_in, references, reference_conv_in, table, totals, mix):
         """pool_conv_backward's loop. Each thread takes a block of references and pairs each with every
-        image while it is in cache; partial sums per block, added in block order."""
+        image while it is in cache; partial sums per block, added in block order. One compiled loop serves
+        both, with a top and without: no top is NO_TOP's empty arrays, and no pooled_grad an empty one."""
         count, rows, columns, _ = images.shape
         n, conv_rows, conv_columns, filters = reference_conv_in.shape
         classes = totals.shape[4]
@@ -139,7 +167,9 @@ def _make_pool_conv(kh, kw, channels, pool_rows, pool_columns):
                           image_corner[k])
         blocks = min(THREAD_BLOCKS, n)
         partial = np.zeros((blocks, count, rows, columns, channels, classes))
-        lanes = -(-pooled_grad.shape[2] // LANES) * LANES  # each input position's multipliers, padded to whole vectors
+        made_here = top[3].size > 0  # each pair's multipliers made by the top's loop, else read from pooled_grad
+        pair_rows = top[0].shape[2] if made_here else pooled_grad.shape[2]  # classes, or logits with a mix
+        lanes = -(-pair_rows // LANES) * LANES  # each input position's multipliers, padded to whole vectors
         wide = lanes - lanes % VECTOR  # the lanes in the CPU's widest vectors; the rest in LANES-wide ones
         for block in numba.prange(blocks):
             reference_max = np.empty(windows, dtype=np.float32)
@@ -161,9 +191,12 @@ def _make_pool_conv(kh, kw, channels, pool_rows, pool_columns):
             kept = np.empty(filters, dtype=np.int64)
             corners = np.empty(filters, dtype=np.int64)
             mixed = np.zeros(1 if mix is None else mix.shape[3], dtype=np.float32)
+            made, tile_sums, used, counts, all_logits = top_scratch(top, count, windows)
             for r in range(block * n // blocks, (block + 1) * n // blocks):
                 window_routes(reference_conv_in[r], pool_rows, pool_columns, reference_max, reference_own,
                               reference_index, reference_corner)
+                if made_here:
+                    top_pairs(top, r, used, counts, all_logits, tile_sums, made)
                 for k in range(count):
                     grad_in[:] = 0
                     # The pair's routing, all its windows at once in vectors, before the windows' regions (measured
@@ -174,8 +207,13 @@ def _make_pool_conv(kh, kw, channels, pool_rows, pool_columns):
                                  reference_other, image_corner[k], reference_corner, factors, corner)
                     for qi in range(qh):
                         for qj in range(qw):
-                            kept_count = _route(pooled_grad[k, r], (qi * qw + qj) * filters, filters, factors, corner,
-                                                value, kept, corners)
+                            window = (qi * qw + qj) * filters
+                            # One call per branch: the two arrays may differ in dtype.
+                            if made_here:
+                                kept_count = _route(made[k], window, filters, factors, corner, value, kept, corners)
+                            else:
+                                kept_count = _route(pooled_grad[k, r], window, filters, factors, corner, value, kept,
+                                                    corners)
                             base = (qi * pool_rows * columns + qj * pool_columns) * channels * lanes
                             # The region's groups of positions, a vector of lanes at a time. add_region's sizes
                             # must be constants: one call per vector width and group size.
@@ -201,6 +239,37 @@ def _make_pool_conv(kh, kw, channels, pool_rows, pool_columns):
             totals += partial[block]
 
     return pool_conv
+
+
+@numba.njit(inline="always")
+def top_scratch(top, count, windows):
+    """Return a thread's scratch for top_pairs: the pairs' multipliers (images, classes, windows) and a tile's sums
+    (classes, TILE) float32, room for each image's used units and their counts, and the logits' indices."""
+    classes, logits, units = top[0].shape[2], top[0].shape[3], top[3].shape[0]
+    return (np.empty((count, classes, windows), dtype=np.float32), np.empty((classes, TILE), dtype=np.float32),
+            np.empty((count, units), dtype=np.int64), np.empty(count, dtype=np.int64), np.arange(logits))
+
+
+@numba.njit(inline="always")
+def top_pairs(top, r, used, counts, all_logits, sums, out):
+    """Write to out (images, classes, inputs) the top's multipliers of each image with reference r, as
+    dense_top_backward does: its loop's arithmetic, a tile of every image's at a time (the tile's rows of hidden
+    stay in cache)."""
+    grad, rows, unit_coefficients, hidden, differs = top
+    logits, inputs = rows.shape[1], hidden.shape[1]
+    for k in range(out.shape[0]):
+        n = 0
+        for u in range(differs.shape[2]):
+            used[k, n] = u
+            n += differs[k, r, u]
+        counts[k] = n
+    for start in range(0, inputs, TILE):
+        stop = min(inputs, start + TILE)
+        for k in range(out.shape[0]):
+            sums[:] = 0
+            add_tile(sums, grad[k, r], rows[k], all_logits, logits, start, stop)
+            add_tile(sums, unit_coefficients[k, r], hidden, used[k], counts[k], start, stop)
+            out[k, :, start:stop] = sums[:, : stop - start]
 
 
 @numba.njit(cache=True)

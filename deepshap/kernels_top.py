@@ -1,7 +1,9 @@
 """The compiled loop of the model's top, Dense -> ReLU -> the head's Dense: most of the lab's time.
 
 It replaces those three steps' plain rules. See dense_top_backward for the split that makes it
-fast, and deepshap.kernels on its determinism and cache.
+fast, and deepshap.kernels on its determinism and cache. Where the top is right above the conv block
+at the model's input, the block's loop runs the same arithmetic itself, pair by pair
+(deepshap.kernels_input.top_pairs), from pair_terms.
 """
 
 import numba
@@ -37,13 +39,22 @@ def dense_top_backward(grad: np.ndarray, on: np.ndarray, rule: np.ndarray, hidde
     reference's differing units alone. Summed in float32 with fma, in a fixed order (shap's own values
     are float32 throughout); float64 out.
     """
-    differs = rule - on  # (refs, units): exactly zero where the rule is 1 and the unit on, or 0 and off
     rows = image_rows(on, hidden, head) if rows is None else rows  # (logits, inputs)
-    unit_coefficients = ((grad @ head) * differs[:, np.newaxis]).astype(np.float32)  # (refs, classes, units)
     if out is None:
         out = np.empty(grad.shape[:2] + (hidden.shape[1],))
-    _dense_top(np.ascontiguousarray(grad, dtype=np.float32), rows, unit_coefficients, hidden, differs != 0, out)
+    grad, unit_coefficients, differs = pair_terms(grad, on, rule, head)
+    _dense_top(grad, rows, unit_coefficients, hidden, differs, out)
     return out
+
+
+def pair_terms(grad: np.ndarray, on: np.ndarray, rule: np.ndarray, head: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return what the top's loop reads of one image's pairs besides the kernels and the image's rows (see
+    dense_top_backward): grad (refs, classes, logits) float32, the unit coefficients (refs, classes, units) float32,
+    and where the ReLU rule differs from the image's on units (refs, units) bool."""
+    differs = rule - on  # (refs, units): exactly zero where the rule is 1 and the unit on, or 0 and off
+    unit_coefficients = ((grad @ head) * differs[:, np.newaxis]).astype(np.float32)
+    return np.ascontiguousarray(grad, dtype=np.float32), unit_coefficients, differs != 0
 
 
 @numba.njit(parallel=True, cache=True)

@@ -11,12 +11,13 @@ import numba
 import numpy as np
 import pytest
 from keras import layers
-from test_deepshap import random_images, randomize
+from test_deepshap import random_images, randomize, stack
 from test_kernels import fused_multiply_add
 
+from deepshap import Explainer
 from deepshap.fused import FUSED, loop_at
-from deepshap.kernels import LANES, VECTOR
 from deepshap.head import LINEAR_EPSILON, NONLINEAR_EPSILON
+from deepshap.kernels import LANES, VECTOR
 from deepshap.kernels_input import add_region, pair_factors, pool_conv_backward, region_weights, window_routes
 from deepshap.network import Network
 
@@ -161,3 +162,33 @@ def test_pair_factors_give_the_branching_rule_bit_for_bit():
                (linear & (r_in <= 0)).sum(), (changed & ~linear & (np.abs(delta) >= LINEAR_EPSILON)).sum()) > 0
     np.testing.assert_array_equal(factors, expected)
     np.testing.assert_array_equal(corner, np.where(mine, x_corner, r_corner))
+
+
+@pytest.mark.parametrize("name", ["lab", "dropout and batch norm"])
+def test_a_top_made_in_the_loop_gives_the_bytes_of_the_top_loop_then_the_block(name):
+    """The lab's model runs its top inside the input block's loop, pair by pair; models with more between them
+    run the two loops apart. Both make each pair's multipliers by the same arithmetic: the same bytes, for all
+    classes, chosen classes and several head rules at once (the mixed rows)."""
+    model, classes = stack(name, seed=14), np.array([[3, 1], [0, 2], [2, 2]])
+    background, images = random_images(11, (14, 14, 1), 15), random_images(3, (14, 14, 1), 16)
+    explainer = Explainer(model, chunk_size=4)
+    shapley = Explainer(model, softmax_rule="shapley").head
+    top = explainer.network.top_over_input
+    assert top is not None and top.loop.name == "top"
+
+    def values() -> list[np.ndarray]:
+        return [explainer.shap_values(images, background), explainer.shap_values(images, background, classes),
+                explainer.explain((explainer.head, shapley), images, background, None)]
+
+    in_the_loop = values()
+    explainer.network.top_over_input = None
+    apart = values()
+    for made, expected in zip(in_the_loop, apart, strict=True):
+        assert np.abs(expected).max() > 1e-3  # not zeros
+        assert made.tobytes() == expected.tobytes()
+
+
+def test_the_top_runs_in_the_input_blocks_loop_only_right_above_it():
+    assert Network(stack("lab")).top_over_input is not None
+    assert Network(stack("two conv blocks")).top_over_input is None  # a conv block between
+    assert Network(stack("lab"), fuse=False).top_over_input is None
