@@ -29,3 +29,17 @@ def test_a_prepared_background_gives_the_same_bytes():
     classes = np.array([[3, 1], [0, 9], [4, 4]])
     np.testing.assert_array_equal(explainer.shap_values(images, prepared, classes),
                                   explainer.shap_values(images, background, classes))
+
+
+@pytest.mark.parametrize("output", ["probability", "logit"])
+def test_the_expected_value_after_an_explanation_comes_from_its_forward_pass_with_the_same_bytes(output):
+    model, images, background = small_model(), random_images(3, 0), random_images(7, 1)
+    fresh = Explainer(model, output, chunk_size=3).expected_value(background)
+    explainer = Explainer(model, output, chunk_size=3)
+    explainer.shap_values(images, background)
+    forward, calls = explainer.network.forward, []
+    explainer.network.forward = lambda images: calls.append(len(images)) or forward(images)
+    assert explainer.expected_value(background).tobytes() == fresh.tobytes()
+    assert calls == []  # no forward pass again
+    assert explainer.expected_value(background.copy()).tobytes() == fresh.tobytes()
+    assert calls == [len(background)]  # another array: its own forward pass
