@@ -166,18 +166,17 @@ def test_pair_factors_give_the_branching_rule_bit_for_bit():
 
 @pytest.mark.parametrize("name", ["lab", "dropout and batch norm"])
 def test_a_top_made_in_the_loop_gives_the_bytes_of_the_top_loop_then_the_block(name):
-    """The lab's model runs its top inside the input block's loop, pair by pair; models with more between them
-    run the two loops apart. Both make each pair's multipliers by the same arithmetic: the same bytes, for all
-    classes, chosen classes and several head rules at once (the mixed rows)."""
-    model, classes = stack(name, seed=14), np.array([[3, 1], [0, 2], [2, 2]])
-    background, images = random_images(11, (14, 14, 1), 15), random_images(3, (14, 14, 1), 16)
+    """The lab's model runs its top inside the input block's loop, pair by pair, for every class or several head rules
+    at once (the mixed rows); models with more between them, and fewer classes than logits, run the two loops apart.
+    Both make each pair's multipliers by the same arithmetic: the same bytes."""
+    model, background, images = stack(name, seed=14), random_images(11, (14, 14, 1), 15), random_images(3, (14, 14, 1), 16)
     explainer = Explainer(model, chunk_size=4)
     shapley = Explainer(model, softmax_rule="shapley").head
     top = explainer.network.top_over_input
     assert top is not None and top.loop.name == "top"
 
     def values() -> list[np.ndarray]:
-        return [explainer.shap_values(images, background), explainer.shap_values(images, background, classes),
+        return [explainer.shap_values(images, background),
                 explainer.explain((explainer.head, shapley), images, background, None)]
 
     in_the_loop = values()
@@ -188,7 +187,15 @@ def test_a_top_made_in_the_loop_gives_the_bytes_of_the_top_loop_then_the_block(n
         assert made.tobytes() == expected.tobytes()
 
 
-def test_the_top_runs_in_the_input_blocks_loop_only_right_above_it():
-    assert Network(stack("lab")).top_over_input is not None
+def test_the_top_runs_in_the_input_blocks_loop_right_above_it_for_as_many_rows_as_logits():
     assert Network(stack("two conv blocks")).top_over_input is None  # a conv block between
     assert Network(stack("lab"), fuse=False).top_over_input is None
+    explainer = Explainer(stack("lab"), chunk_size=4)  # 4 classes
+    assert explainer.network.top_over_input is not None
+    background, images, rows = random_images(5, (14, 14, 1), 17), random_images(2, (14, 14, 1), 18), []
+    add_fused = explainer.add_fused
+    explainer.add_fused = lambda *args: rows.append(args[5].shape[2]) or add_fused(*args)
+    explainer.shap_values(images, background)
+    assert rows == [4, 4]  # two chunks, each pair's 4 classes
+    explainer.shap_values(images, background, np.array([[3, 1], [0, 2]]))
+    assert rows == [4, 4]  # 2 classes of 4 logits: the two loops
