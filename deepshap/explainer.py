@@ -13,10 +13,10 @@ from deepshap.network import Network
 from deepshap.options import OUTPUTS, SOFTMAX_RULE_NAMES
 from deepshap.support import UnsupportedModelError
 
-# Images a pass takes. Their multipliers at the fused block's input are held at once: 5 x 100 references x 10
-# classes x 5,408 where the lab's sizes run the top apart, 216 MB (measured: the whole process's peak 0.2 GB lower
-# than with all 10 images of the lab at once, for the same time); where the top runs inside the block's loop (the
-# lab's model), only their top terms, 5 MB. Other chunks and class counts hold as many (image x reference x
+# Images a pass takes. Where the top runs apart from the input block, their multipliers at the block's input are
+# held at once: 5 x 100 references x 10 classes x 5,408 at the lab's sizes, 216 MB (measured: the whole process's
+# peak 0.2 GB lower than with all 10 images of the lab at once, for the same time); where it runs inside the block's
+# loop (the lab's model, every class), only their top terms, 5 MB. Other chunks and class counts hold as many (image x reference x
 # class) rows: fewer images a pass route each reference through the input block once more per pass
 # (measured: trust's 3 rules stacked, 30 classes in chunks of 30, took 1.5x the time at one image a pass).
 IMAGES_PER_PASS = 5

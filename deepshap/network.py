@@ -54,7 +54,7 @@ class Network:
         self.segments = segments[1:] if self.input_block else segments  # what backward runs
         self.backward_start = self.segments[0].start if self.segments else len(self.steps)  # where backward ends
         # The top's loop right above the input block, reshapes between (the lab's model): the input block's loop
-        # then makes each pair's multipliers itself, and backward is not run.
+        # can then make each pair's multipliers itself, without backward (Explainer.add_chunk says where it does).
         above = [segment for segment in self.segments if self.steps[segment.start].rule is not RESHAPE]
         self.top_over_input: Segment | None = (above[0] if self.input_block and len(above) == 1 and above[0].loop
                                                and above[0].loop.place == "top" else None)
