@@ -190,3 +190,36 @@ def test_imports_without_tensorflow_or_keras():
     blocked = "import sys; sys.modules['tensorflow'] = None; sys.modules['keras'] = None; import deepshap.accelerated"
     result = subprocess.run([sys.executable, "-c", blocked], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
+
+
+def test_a_second_process_takes_the_compiled_passes_from_the_disk_cache(tmp_path):
+    """Each stage is a process: the passes one compiled, the next loads from the cache under ~/.cache/jax/deepshap."""
+    path = tmp_path / "model.weights.h5"
+    architecture = {**LAB, **STACKS["two conv blocks"]}
+    save_weights(on_grid(build_model(**architecture), seed=3), path, architecture)
+    script = (
+        "import sys, jax, numpy as np\n"
+        "from deepshap.accelerated import AcceleratedExplainer, layers_from_weights_file\n"
+        "events = []\n"
+        "jax.monitoring.register_event_listener(lambda event, **_: events.append(event))\n"
+        "images = np.random.default_rng(0).random((4, 28, 28, 1), dtype=np.float32)\n"
+        "values = AcceleratedExplainer(layers_from_weights_file(sys.argv[1])).shap_values(images[:2], images)\n"
+        "print(events.count('/jax/compilation_cache/cache_hits'), events.count('/jax/compilation_cache/cache_misses'),"
+        " values.tobytes().hex())\n"
+    )
+    environment = {key: value for key, value in os.environ.items() if not key.startswith("JAX_COMPILATION_CACHE")}
+    environment.update(HOME=str(tmp_path), XDG_CACHE_HOME="")
+    ours = tmp_path / ".cache" / "jax" / "deepshap"
+    chosen = tmp_path / "chosen"  # a cache the user names, with its own settings
+    runs = []
+    for extra in ({}, {}, {"JAX_COMPILATION_CACHE_DIR": str(chosen), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}):
+        result = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, check=False,
+                                env={**environment, **extra})
+        assert result.returncode == 0, result.stderr
+        hits, misses, values = result.stdout.split()
+        runs.append((int(hits), int(misses), values))
+    (first_hits, first_misses, first_values), (hits, misses, values), (_, chosen_misses, _) = runs
+    assert first_hits == 0 and first_misses > 0
+    assert hits == first_misses and misses == 0  # every pass the first compiled, none compiled again
+    assert values == first_values
+    assert chosen_misses == first_misses and len(list(chosen.iterdir())) == len(list(ours.iterdir()))
