@@ -192,6 +192,7 @@ def test_imports_without_tensorflow_or_keras():
     assert result.returncode == 0, result.stderr
 
 
+@pytest.mark.slow
 def test_a_second_process_takes_the_compiled_passes_from_the_disk_cache(tmp_path):
     """Each stage is a process: the passes one compiled, the next loads from the cache under ~/.cache/jax/deepshap."""
     path = tmp_path / "model.weights.h5"
