@@ -18,7 +18,16 @@ from deepshap import Explainer
 from deepshap.fused import FUSED, loop_at
 from deepshap.head import LINEAR_EPSILON, NONLINEAR_EPSILON
 from deepshap.kernels import LANES, VECTOR
-from deepshap.kernels_input import add_region, pair_factors, pool_conv_backward, region_weights, window_routes
+from deepshap.kernels_input import (
+    PAIR,
+    add_pair_rows,
+    add_region,
+    pair_factors,
+    pair_weights,
+    pool_conv_backward,
+    region_weights,
+    window_routes,
+)
 from deepshap.network import Network
 
 
@@ -43,9 +52,11 @@ def plain_chain(steps: list, grad: np.ndarray, image: dict, references: dict, in
 
 
 # The lab's shape (a region of 4 x 4 positions, one vector of 8 lanes); 12 classes in 16 lanes, the CPU's widest
-# vector where it has AVX-512; a 5x5 kernel and 3x3 pools, 7 x 7 positions in groups and one past them, 24 lanes.
+# vector where it has AVX-512; a 5x5 kernel and 3x3 pools, 7 x 7 positions in groups and one past them, 24 lanes;
+# 2 classes side by side, a region row's 4 positions x 2 classes a vector (add_pair_rows).
 @pytest.mark.parametrize(("batch_norm", "kernel", "pool", "size", "classes"),
-                         [(False, 3, 2, 11, 3), (True, 3, 2, 11, 3), (False, 3, 2, 11, 12), (False, 5, 3, 14, 17)])
+                         [(False, 3, 2, 11, 3), (True, 3, 2, 11, 3), (False, 3, 2, 11, 12), (False, 5, 3, 14, 17),
+                          (False, 3, 2, 11, 2)])
 def test_input_block_equals_its_plain_rules_summed_over_references(batch_norm, kernel, pool, size, classes):
     network = Network(input_block_model(batch_norm, 1, kernel, pool, size), fuse=False)
     block = loop_at(next(loop for loop in FUSED if loop.name == "input block"), network.steps, 0)
@@ -115,6 +126,52 @@ def test_add_region_adds_each_filter_in_order_one_fma_a_lane():
     assert (table[kept, corners][:, 1:6] == 0).any()  # zero weights, outside a filter's kernel, add nothing
     assert np.count_nonzero(flat != 0) == 5 * lanes  # the five positions and no others
     np.testing.assert_array_equal(flat, expected)  # bit for bit: the same bytes on any CPU
+
+
+@numba.njit(cache=True)
+def pair_row_sums(flat, base, row_offsets, value, kept, corners, strips, count):
+    add_pair_rows(flat, base, row_offsets, 4, 1, value, kept, corners, strips, count)  # 4 rows of one vector
+
+
+def test_add_pair_rows_adds_each_filter_in_order_one_fma_a_lane_as_add_region_does():
+    rng = np.random.default_rng(0)
+    table = region_weights(rng.normal(size=(4, 3, 3, 1)), 2, 2)  # (filters, window positions, 4 x 4 region)
+    value = rng.normal(size=(4, PAIR)).astype(np.float32)
+    kept, corners = np.array([3, 0, 2], dtype=np.int64), np.array([1, 0, 3], dtype=np.int64)
+    columns = 6  # the region's 4 x 4 positions in a 6-column image, PAIR lanes a position
+    row_offsets = np.arange(4, dtype=np.int64) * columns * PAIR
+    flat = np.zeros(7 * columns * PAIR, dtype=np.float32)
+    flat[PAIR * columns + 1 : PAIR * (columns + 8)] = rng.normal(size=PAIR * 8 - 1)  # sums that do not start at 0
+    expected = flat.copy()
+    for t in range(3):
+        for u in range(4):
+            for v in range(4):
+                for c in range(PAIR):
+                    at = PAIR * columns + row_offsets[u] + v * PAIR + c
+                    expected[at] = fused_multiply_add(table[kept[t], corners[t], u * 4 + v], value[t, c], expected[at])
+    pair_row_sums(flat, PAIR * columns, row_offsets, value, kept, corners, pair_weights(table, 4), 3)
+    written = np.zeros(flat.size, dtype=bool)
+    for u in range(4):
+        written[PAIR * columns + row_offsets[u] :][: 4 * PAIR] = True
+    np.testing.assert_array_equal(flat, expected)  # bit for bit: the same bytes on any CPU
+    assert np.count_nonzero(flat[~written] != 0) == np.count_nonzero(expected[~written] != 0)  # no other position
+
+
+def test_two_classes_side_by_side_give_the_bytes_of_the_same_classes_padded_among_others():
+    network = Network(input_block_model(False, 1), fuse=False)
+    block = loop_at(next(loop for loop in FUSED if loop.name == "input block"), network.steps, 0)
+    images, references = random_images(2, (11, 11, 1), 2), random_images(5, (11, 11, 1), 3)
+    x, r = network.forward(images), network.forward(references)
+    (relu,) = block.reads
+    outputs = int(np.prod(network.steps[block.end].output_shape))
+    pooled_grad = np.random.default_rng(4).normal(size=(2, 5, 3, outputs)).astype(np.float32)
+    totals = {}
+    for classes in (2, 3):  # 2: add_pair_rows; 3: add_region, padded to 8 lanes
+        totals[classes] = np.zeros((2, 11, 11, 1, classes))
+        pool_conv_backward(np.ascontiguousarray(pooled_grad[:, :, :classes]), images, x[relu], references, r[relu],
+                           block.constants["kernel"], *block.constants["pool_size"], totals[classes])
+    assert np.abs(totals[2]).max() > 1e-2
+    np.testing.assert_array_equal(totals[2], totals[3][..., :2])
 
 
 def routed_with_branches(x_out, r_out, x_in, r_in) -> float:
