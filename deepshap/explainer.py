@@ -1,6 +1,7 @@
 """Explainer: shap.DeepExplainer's values for all images and classes at once, the background streamed."""
 
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import keras
@@ -241,7 +242,7 @@ class Explainer:
             batch = slice(start, start + IMAGES_PER_BATCH)
             image_values = self.network.image_forward(images[batch])
             batch_classes = None if classes is None else np.asarray(classes)[batch]
-            for references, reference_values in self.chunks(background):
+            for references, reference_values in ahead(self.chunks(background)):
                 if start == 0:
                     logits.append(reference_values["logits"])
                 self.add_chunk(totals[batch], images[batch], image_values, references, reference_values, batch_classes,
@@ -252,6 +253,18 @@ class Explainer:
         if logits:
             self.background_logits = (background, np.concatenate(logits))
         return (totals / len(background)).astype(np.float32)
+
+
+def ahead(items: Iterator) -> Iterator:
+    """Yield items' values in order, each next one made in a thread while the caller works on this one: the next
+    chunk's forward pass beside the input block's loop, which leaves the GIL (measured on the lab's explanation at
+    5,000 references, 2 cores, alternated 6 times: the engine 6.1-7.4 s and once 11.0 s, against 7.3-9.0 s without
+    the thread; the same bytes)."""
+    with ThreadPoolExecutor(1) as pool:
+        future = pool.submit(next, items, None)
+        while (item := future.result()) is not None:
+            future = pool.submit(next, items, None)
+            yield item
 
 
 def select(multipliers: np.ndarray, classes: np.ndarray | None) -> np.ndarray:

@@ -212,7 +212,8 @@ def _make_pool_conv(kh, kw, channels, pool_rows, pool_columns):
     pair_vectors = region_columns * channels * PAIR // LANES  # vectors in a region row, where pair_strips holds
 
     # cache=True: the machine code goes to deepshap.cache's shared folder, keyed by the closure's values too.
-    @numba.njit(parallel=True, cache=True)
+    # nogil: the Explainer's thread makes the next chunk's forward pass meanwhile (Explainer.explain).
+    @numba.njit(parallel=True, cache=True, nogil=True)
     def pool_conv(pooled_grad, top, images, image_conv_in, references, reference_conv_in, table, strips, totals, mix):
         """pool_conv_backward's loop. Each thread takes a block of references and pairs each with every
         image while it is in cache; partial sums per block, added in block order. One compiled loop serves

@@ -1,10 +1,14 @@
-"""Explainer: several head rules in one pass, each equal to its own explainer's values; a prepared background."""
+"""Explainer: several head rules in one pass, each equal to its own explainer's values; a prepared background;
+the next chunk made while the caller works on one."""
+
+import threading
 
 import numpy as np
 import pytest
 from trust_models import random_images, small_model
 
 from deepshap import Explainer
+from deepshap.explainer import ahead
 from fashion_shap.trust.rules import RULES
 
 
@@ -43,3 +47,28 @@ def test_the_expected_value_after_an_explanation_comes_from_its_forward_pass_wit
     assert calls == []  # no forward pass again
     assert explainer.expected_value(background.copy()).tobytes() == fresh.tobytes()
     assert calls == [len(background)]  # another array: its own forward pass
+
+
+def test_ahead_yields_every_item_in_order_and_makes_the_next_one_while_the_caller_holds_this_one():
+    made = [threading.Event() for _ in range(4)]
+
+    def items():
+        for number, event in enumerate(made):
+            event.set()
+            yield number
+
+    seen = []
+    for number in ahead(items()):
+        if number + 1 < len(made):
+            assert made[number + 1].wait(timeout=10), f"item {number + 1} was not made while the caller held {number}"
+        seen.append(number)
+    assert seen == [0, 1, 2, 3]
+
+
+def test_ahead_raises_an_items_error_in_the_caller():
+    def items():
+        yield 0
+        raise OSError("a chunk could not be read")
+
+    with pytest.raises(OSError, match="could not be read"):
+        list(ahead(items()))
