@@ -8,6 +8,7 @@ import pytest
 from trust_models import random_images, small_model
 
 from deepshap import Explainer
+from deepshap import explainer as explainer_module
 from deepshap.explainer import ahead
 from fashion_shap.trust.rules import RULES
 
@@ -72,3 +73,15 @@ def test_ahead_raises_an_items_error_in_the_caller():
 
     with pytest.raises(OSError, match="could not be read"):
         list(ahead(items()))
+
+
+@pytest.mark.parametrize(("threads", "made_ahead"), [(1, False), (2, True)])
+def test_chunks_are_made_ahead_only_where_the_loop_has_several_threads(monkeypatch, threads, made_ahead):
+    model, images, background = small_model(), random_images(2, 0), random_images(5, 1)
+    expected = Explainer(model, chunk_size=2).shap_values(images, background)  # the tests' one thread
+    calls = []
+    monkeypatch.setattr(explainer_module.numba, "get_num_threads", lambda: threads)
+    monkeypatch.setattr(explainer_module, "ahead", lambda items: calls.append(threads) or ahead(items))
+    values = Explainer(model, chunk_size=2).shap_values(images, background)
+    assert calls == ([threads] if made_ahead else [])
+    np.testing.assert_array_equal(values, expected)
