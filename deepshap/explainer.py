@@ -23,7 +23,7 @@ from deepshap.support import UnsupportedModelError
 # (measured: trust's 3 rules stacked, 30 classes in chunks of 30, took 1.5x the time at one image a pass).
 IMAGES_PER_PASS = 5
 ROWS_PER_PASS = IMAGES_PER_PASS * 100 * 10
-# Images a forward pass of predict takes: an image's outputs are the same in any batch of 2 to 128 (Network.forward).
+# Images a forward pass of predict takes: an image's outputs are the same in any batch (Network.forward).
 PREDICT_BATCH = 128
 # Images explained at once: their image parts (the top's rows, 216 KB an image in the lab's model) are held
 # through the pass over the background.
@@ -98,7 +98,7 @@ class Explainer:
 
         After an explanation against this very background (the same object, unchanged), from the logits its pass made
         (measured: the lab's forward pass of 5,000 images again took 0.4 s): the same bytes, an image's logits
-        being the same in any batch of up to 128 (Network.forward).
+        being the same in any batch (Network.forward).
         """
         logits = self.background_logits[1] if self.background_logits[0] is background else self.logits(background)
         total = np.zeros(self.num_classes)

@@ -17,16 +17,28 @@ def logit_model(model: keras.Model) -> keras.Model:
     return copy
 
 
+def float64_model(model: keras.Model) -> keras.Model:
+    """Return a copy of model that computes in float64, with the same weights."""
+    copy = keras.models.clone_model(
+        model, input_tensors=keras.Input(shape=model.input_shape[1:], dtype="float64"),
+        clone_function=lambda layer: layer.__class__.from_config({**layer.get_config(), "dtype": "float64"}))
+    copy.set_weights([weight.astype(np.float64) for weight in model.get_weights()])
+    return copy
+
+
 def shap_reference(model: keras.Model, background: np.ndarray, images: np.ndarray, output: str = "probability",
-                   progress: Callable[[int], None] | None = None) -> np.ndarray:
+                   progress: Callable[[int], None] | None = None, dtype: str = "float32") -> np.ndarray:
     """Return shap.DeepExplainer's values, (images, *image shape, classes), one image at a time.
 
-    output "logit" explains the same model with a linear last layer.
+    output "logit" explains the same model with a linear last layer. dtype "float64" explains a float64 copy of
+    it: shap's rules in float64, against which float32 values (shap's own, the engine's) show their rounding.
     """
     import shap  # here, not above: a process on the fast engine alone then never loads it (0.2 s of its start)
 
     if output == "logit":
         model = logit_model(model)
+    if dtype == "float64":
+        model, background, images = float64_model(model), np.asarray(background, np.float64), np.asarray(images, np.float64)
     # shap feeds the functional model a list, and traces a graph per class: Keras and TensorFlow
     # warn about both on every call, and cope.
     tf.get_logger().setLevel("ERROR")

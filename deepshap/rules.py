@@ -94,13 +94,21 @@ def dense(step: Step, grad: np.ndarray, image: None, references: None) -> np.nda
     return (rows[:, alive] @ kernel_t).reshape(grad.shape[:-1] + (kernel_t.shape[1],))
 
 
+# Dense and Conv2D forward: in float64, each output rounded once to float32. TensorFlow's float32 products and
+# convolutions (oneDNN at AVX2) round an image's outputs by the images beside it and its place among them
+# (measured: the lab's Dense gave an image other bits in batches of 1 to 16, any row other bits in reversed order;
+# a 4 -> 6 channel conv on 6x6 other bits in a batch of 5 than of 2), and an image's values must not depend on the
+# images explained with it. float64's own differences are in its last bits, which the rounding hides.
 def dense_forward(step: Step, x: tf.Tensor) -> tf.Tensor:
-    y = tf.matmul(x, step.layer.kernel)  # the map alone: the activation is a step of its own
-    return y + step.layer.bias if step.layer.use_bias else y
+    # (n, inputs) float32 -> (n, units) float32: the map alone, the activation is a step of its own
+    y = np.asarray(x, dtype=np.float64) @ step.constants["kernel_t"].T
+    return tf.constant((y + step.constants["bias"]).astype(np.float32))
 
 
 def dense_constants(layer: layers.Dense) -> dict:
-    return {"kernel_t": np.ascontiguousarray(layer.kernel.numpy().T, dtype=np.float64)}  # (units, inputs)
+    bias = layer.bias.numpy() if layer.use_bias else np.zeros(layer.units)
+    return {"kernel_t": np.ascontiguousarray(layer.kernel.numpy().T, dtype=np.float64),  # (units, inputs)
+            "bias": bias.astype(np.float64)}  # (units,)
 
 
 def conv(step: Step, grad: np.ndarray, image: None, references: None) -> np.ndarray:
@@ -116,12 +124,16 @@ def conv(step: Step, grad: np.ndarray, image: None, references: None) -> np.ndar
 
 
 def conv_forward(step: Step, x: tf.Tensor) -> tf.Tensor:
-    y = step.layer.convolution_op(x, step.layer.kernel)  # the map alone: the activation is a step of its own
-    return y + tf.reshape(step.layer.bias, (1, 1, 1, -1)) if step.layer.use_bias else y
+    # (n, *input shape) float32 -> (n, *output shape) float32: the map alone, the activation is a step of its own
+    y = step.layer.convolution_op(tf.cast(x, tf.float64), step.constants["kernel64"])
+    return tf.cast(y + step.constants["bias64"], tf.float32)
 
 
 def conv_constants(layer: layers.Conv2D) -> dict:
-    return {"kernel": tf.constant(layer.kernel.numpy())}  # (kernel rows, kernel columns, channels, filters)
+    kernel = layer.kernel.numpy()  # (kernel rows, kernel columns, channels, filters)
+    bias = layer.bias.numpy() if layer.use_bias else np.zeros(layer.filters)
+    return {"kernel": tf.constant(kernel), "kernel64": tf.constant(kernel, dtype=tf.float64),
+            "bias64": tf.constant(bias, dtype=tf.float64)}
 
 
 def batch_norm(step: Step, grad: np.ndarray, image: None, references: None) -> np.ndarray:

@@ -149,6 +149,21 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) 
         assert fragment in error
 
 
+def assert_as_exact_as_shap(values: np.ndarray, shap_values: np.ndarray, exact: np.ndarray) -> None:
+    """Assert that values are as close to exact (shap's rules in float64) as shap's own float32 values, or closer,
+    give or take 1e-5 of the largest value.
+
+    Under shap's softmax rule a value divides by a logit's change, which takes the float32 rounding of the forward
+    pass with it: shap's own values lay up to 6e-3 of the largest from float64's (measured, the tests' stacks), and
+    TensorFlow's float32 forward rounds an image by the images beside it (oneDNN at AVX2), so no other float32 run
+    can give shap's bits. The engine rounds each layer's float64 output once.
+    """
+    largest = np.abs(exact).max()
+    assert largest > 1e-3  # the comparison is not between zeros
+    shap_error = np.abs(shap_values - exact).max()
+    assert np.abs(values - exact).max() <= shap_error + 1e-5 * largest
+
+
 def set_param(directory: Path, section: str, key: str, value) -> None:
     """Change one value of directory's params.yaml."""
     params = yaml.safe_load((directory / "params.yaml").read_text())
