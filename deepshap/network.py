@@ -4,11 +4,12 @@ Each layer gives its steps by deepshap.rules' table: its own map, then its activ
 its own (a Dropout gives none); deepshap.support checks first that each has a rule. The model's last
 Dense is the head: its logits are explained through a rule of deepshap.head, so its softmax is no step.
 
-Forward: float32 values, as shap.DeepExplainer's, keeping the inputs that the nonlinear rules and the compiled
-loops read; Dense and Conv2D in float64, each output rounded once (deepshap.rules), the other layers TensorFlow's
-own ops, so that an image's values do not depend on the images beside it. Backward: the multipliers at the logits, (references,
-classes, logits) float64 for one image, through the chain's segments from the last: a compiled loop
-of deepshap.fused where one matches, else the step's plain rule. A conv block at the input is the
+Forward: float32 values, as shap.DeepExplainer's, keeping the inputs that the nonlinear rules and the
+compiled loops read; Dense and Conv2D in float64, each output rounded once (deepshap.rules), the other
+layers TensorFlow's own ops, so that an image's values do not depend on the images beside it.
+Backward: the multipliers at the logits, (references, classes, logits) float64 for one image, through
+the chain's segments from the last: a compiled loop of deepshap.fused where one matches, else the
+step's plain rule. A conv block at the input is the
 Explainer's to run, fused with the sum over references.
 """
 
@@ -112,8 +113,8 @@ class Network:
     def forward(self, images: np.ndarray) -> dict:
         """Return {step index: its input values} for the steps whose values are kept, and "logits": float32.
 
-        Each image's values do not depend on the batch it is in (tests/test_deepshap.py); a batch of one runs as two
-        (TensorFlow rounded a batch of one differently on AVX-512 machines).
+        Each image's values do not depend on the batch it is in (tests/test_deepshap.py); a batch of one runs as
+        two, as the other batches run (NumPy multiplies one row by another BLAS routine).
         """
         count = len(images)
         x = tf.constant(np.concatenate([images, images]) if count == 1 else images)

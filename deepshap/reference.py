@@ -37,8 +37,10 @@ def shap_reference(model: keras.Model, background: np.ndarray, images: np.ndarra
 
     if output == "logit":
         model = logit_model(model)
+    if dtype not in ("float32", "float64"):
+        raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
     if dtype == "float64":
-        model, background, images = float64_model(model), np.asarray(background, np.float64), np.asarray(images, np.float64)
+        model, background, images = float64_model(model), np.float64(background), np.float64(images)
     # shap feeds the functional model a list, and traces a graph per class: Keras and TensorFlow
     # warn about both on every call, and cope.
     tf.get_logger().setLevel("ERROR")

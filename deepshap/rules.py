@@ -11,7 +11,9 @@ shape) float64, to those at its input, for one explained image at a time:
     MaxPooling2D: shap's rule, in deepshap.pooling.
     Dropout: no step, the identity at inference.
 
-Forward, each step runs TensorFlow's own float32 ops, as shap.DeepExplainer runs them.
+Forward, each step gives float32 values, as shap.DeepExplainer's: Dense and Conv2D computed in float64 and
+rounded once (an image's values then do not depend on the images beside it), the others TensorFlow's own ops
+(a rule registered without a forward of its own runs the Keras layer, in float32).
 
 A new kind of layer takes one call, its rule a function of the step, the multipliers at its output
 and, where it reads them (needs_values=True), the values at its input:
@@ -56,9 +58,9 @@ class Rule:
         classes, *output shape) float64 -> (refs, classes, *input shape) float64. image (*input shape)
         and references (refs, *input shape), float32, are the values at the step's input where
         needs_values, else None.
-    forward(step, x): (n, *input shape) float32 -> (n, *output shape), TensorFlow's ops.
-    constants(layer) -> dict: what backward reads of the layer's weights, read once per Explainer, as
-        step.constants (a model's weights may change between explainers).
+    forward(step, x): (n, *input shape) float32 -> (n, *output shape) float32, as a TensorFlow tensor.
+    constants(layer) -> dict: what forward and backward read of the layer's weights, read once per Explainer,
+        as step.constants (a model's weights may change between explainers).
     """
 
     backward: Callable
