@@ -23,7 +23,8 @@ from deepshap.support import UnsupportedModelError
 # (measured: trust's 3 rules stacked, 30 classes in chunks of 30, took 1.5x the time at one image a pass).
 IMAGES_PER_PASS = 5
 ROWS_PER_PASS = IMAGES_PER_PASS * 100 * 10
-# Images a forward pass of predict takes: an image's outputs are the same in any batch (Network.forward).
+# Images a forward pass of predict takes: an image's logits are the same in any batch (Network.forward), its
+# probabilities (TensorFlow's softmax, unpadded) in the same batches of this size.
 PREDICT_BATCH = 128
 # Images explained at once: their image parts (the top's rows, 216 KB an image in the lab's model) are held
 # through the pass over the background.
