@@ -25,8 +25,7 @@ import importlib
 # No import-time setting here: importing deepshap.accelerated must need neither TensorFlow nor numba.
 # (A program that runs the CPU engine should also set OPENBLAS_THREAD_TIMEOUT=4 before NumPy loads:
 # OpenBLAS's threads otherwise spin after each product and slow the compiled loops 2.4x, measured;
-# the pipeline sets it in fashion_shap/__init__.py, with ONEDNN_MAX_CPU_ISA=AVX2, which TensorFlow's float32 ops
-# need for the pipeline's bytes on every CPU. numba's cache folder is set by deepshap.cache.)
+# the pipeline sets it in fashion_shap/__init__.py. numba's cache folder is set by deepshap.cache.)
 
 # Public name -> the module that defines it.
 _EXPORTS = {

@@ -24,12 +24,10 @@ import os
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 # TensorFlow's C++ start-up chatter (oneDNN, CPU features) is noise in a pipeline's log.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-# TensorFlow's oneDNN picks its kernels by the CPU's widest vector instructions, and the kernels add in other orders:
-# the trained weights, and every output after them, differed between two machines of this kind (measured: an AVX2
-# AMD EPYC trained a model of test accuracy 0.9032 and 968 mistakes where the AVX-512 ones' had 0.9041 and 959;
-# capped at AVX on the AVX2 machine, the weights' bytes changed too). AVX2, which every x86-64 server of the last
-# decade has, for every machine; read when oneDNN first runs, after this. A value the user sets is kept.
-os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")
+# No cap on oneDNN's vector instructions (ONEDNN_MAX_CPU_ISA): its kernels add in other orders at each ISA, so the
+# trained weights' bytes follow the CPU. Measured, the lab's training: AVX-512 machines of both vendors (an Intel
+# Xeon, AMD EPYC Zen 4) train the same bytes; capped at AVX2 the Intel trains others, and slower (97 s against 82 s),
+# and still not an AVX2-only Zen 2's. README: "Reproducible to the byte".
 # Figures go to files only: no screen, whatever the user's matplotlib default.
 os.environ.setdefault("MPLBACKEND", "Agg")
 # Keras on TensorFlow, whatever KERAS_BACKEND or ~/.keras/keras.json say: the engine runs TensorFlow's ops on the

@@ -156,7 +156,7 @@ def assert_as_exact_as_shap(values: np.ndarray, shap_values: np.ndarray, exact: 
 
     Under shap's softmax rule a value divides by a logit's change, which takes the float32 rounding of the forward
     pass with it: shap's own values lay up to 6e-3 of the largest from float64's (measured, the tests' stacks), and
-    TensorFlow's float32 forward rounds an image by the images beside it (oneDNN at AVX2), so no other float32 run
+    TensorFlow's float32 forward rounds an image by the images beside it (oneDNN, on any CPU), so no other float32 run
     can give shap's bits. The engine rounds each layer's float64 output once.
     """
     largest = np.abs(exact).max()

@@ -2,7 +2,7 @@
 
 Each case runs in a fresh process, as a pipeline stage does on another machine, with the knob set
 before NumPy and numba load. The forward pass's Dense and Conv2D are float64 (OpenBLAS's, which the
-knob varies, and Eigen's), rounded once; the rest of it is TensorFlow's float32 ops, on oneDNN at AVX2.
+knob varies, and Eigen's), rounded once; the rest of it is TensorFlow's float32 ops, on oneDNN.
 """
 
 import json

@@ -32,8 +32,8 @@ def test_forward_keeps_the_inputs_the_rules_read_and_gives_the_logits():
 
 
 def test_an_images_forward_values_do_not_depend_on_the_images_beside_it_nor_on_its_place():
-    """TensorFlow's float32 product and convolution (oneDNN at AVX2) gave a row other bits by its batch and place
-    in it; the forward's float64 Dense and Conv2D do not. Two blocks, the second's sums over 288 terms."""
+    """TensorFlow's float32 product and convolution (oneDNN) gave a row other bits by its batch and place in it;
+    the forward's float64 Dense and Conv2D do not. Two blocks, the second's sums over 288 terms."""
     keras.utils.set_random_seed(0)
     inputs = keras.Input(shape=(28, 28, 1))
     x = layers.MaxPooling2D(2)(layers.Conv2D(32, 3, activation="relu")(inputs))
