@@ -65,9 +65,14 @@ class ShapEngine:
 
         per_image = None if progress is None else (lambda _: progress(len(background) / len(images)))
         values = shap_reference(self.model, background, images, self.output, progress=per_image)
-        if classes is None:
-            return values
-        return np.take_along_axis(values, np.asarray(classes)[:, np.newaxis, np.newaxis, np.newaxis, :], axis=-1)
+        return values if classes is None else chosen_classes(values, classes)
+
+
+def chosen_classes(values: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """Return each image's classes' values: (images, *image shape, classes) -> (images, *image shape, k), with
+    classes (images, k)."""
+    chosen = np.asarray(classes).reshape(len(classes), *[1] * (values.ndim - 2), -1)
+    return np.take_along_axis(values, chosen, axis=-1)
 
 
 def accelerated_explainer(model: keras.Model, output: str, softmax_rule: str):

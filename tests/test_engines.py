@@ -10,7 +10,7 @@ from keras import layers
 from trust_models import random_images, small_model
 
 from deepshap import shap_reference
-from fashion_shap.engines import ShapEngine, check_engine_params, make_explainer, say_where
+from fashion_shap.engines import ShapEngine, check_engine_params, chosen_classes, make_explainer, say_where
 from fashion_shap.params import PipelineError
 
 FAST = {"engine": "fast", "output": "probability", "softmax_rule": "shap"}
@@ -39,7 +39,7 @@ def test_both_engines_give_the_same_values_outputs_and_expectation_for_chosen_cl
     assert fast.shape == shap.shape == images.shape + (2,)
     if output == "probability":
         every_class = shap_reference(model, background, images, dtype="float64")
-        assert_as_exact_as_shap(fast, shap, np.stack([every_class[k][..., chosen] for k, chosen in enumerate(classes)]))
+        assert_as_exact_as_shap(fast, shap, chosen_classes(every_class, classes))
     else:
         np.testing.assert_allclose(shap, fast, rtol=0, atol=1e-5 * np.abs(fast).max())
     assert sum(done) == pytest.approx(2 * len(background))  # each engine counts background images done
