@@ -151,7 +151,11 @@ def measure(model, background: np.ndarray, x_train: np.ndarray, y_train: np.ndar
     pixels = lab_sleeves(lab_images[T_SHIRT], x_train, y_train, params)
     rng = np.random.default_rng(params["seed"])
     explainers = rule_explainers(model, params["chunk_size"], params["engine"])
-    probabilities = model.predict(images, verbose=0)
+    # The engine's forward pass, not TensorFlow's float32 one: an image's probabilities the same on any CPU and
+    # whatever images share its batch (measured: through Keras' predict, oneDNN at AVX2 moved the deletion curves'
+    # last digits).
+    predict = explainers["shap"].predict
+    probabilities = predict(images)
     predicted = probabilities.argmax(axis=1)
 
     print(f"trust: the lab's {len(lab_images)} images against the background of {len(background)}, "
@@ -163,7 +167,7 @@ def measure(model, background: np.ndarray, x_train: np.ndarray, y_train: np.ndar
     print(f"trust: diagnostics, {len(references)} references one at a time")
     per_reference = diagnostics(explainers, lab_images, references)
     maps = predicted_maps(explainers, background, images, predicted, lab, values)
-    deletion = deletion_test(model, images, maps, background.mean(axis=0), params["deletion_steps"],
+    deletion = deletion_test(predict, images, maps, background.mean(axis=0), params["deletion_steps"],
                              params["random_orders"], rng)
     randomization, trained, randomized = randomization_check(model, images, background, maps["shap"], params,
                                                              predicted)

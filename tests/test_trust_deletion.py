@@ -11,14 +11,16 @@ def test_one_pixel_model_gets_all_attribution_there_and_passes_the_deletion_test
     model = one_pixel_model()
     images, background = speckled(4, 0, 1.0), speckled(12, 1, 0.0)
     predicted = np.zeros(len(images), dtype=int)  # class 0, the pixel being bright
-    maps = rule_maps(rule_explainers(model, chunk_size=5), background, images, predicted)
+    explainers = rule_explainers(model, chunk_size=5)
+    maps = rule_maps(explainers, background, images, predicted)
     elsewhere = np.ones((SIDE, SIDE), dtype=bool)
     elsewhere[PIXEL] = False
     for name in RULES:
         assert maps[name].shape == images.shape and np.abs(maps[name][:, elsewhere]).max() == 0.0
     assert maps["shap"][:, PIXEL[0], PIXEL[1], 0].min() > 0.4  # from about 0.5 to about 1
 
-    curves = deletion_test(model, images, maps, background.mean(axis=0), 36, 5, np.random.default_rng(0))
+    curves = deletion_test(explainers["shap"].predict, images, maps, background.mean(axis=0), 36, 5,
+                           np.random.default_rng(0))
     metrics = deletion_metrics(curves, RULES)
     # Each rule's order removes the pixel first: the probability falls to 0.5 at once; reverse order keeps it last.
     for name in RULES:
