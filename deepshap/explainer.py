@@ -7,7 +7,6 @@ from dataclasses import dataclass
 import keras
 import numba
 import numpy as np
-import tensorflow as tf
 
 from deepshap import head
 from deepshap.fused import top_terms
@@ -23,8 +22,8 @@ from deepshap.support import UnsupportedModelError
 # (measured: trust's 3 rules stacked, 30 classes in chunks of 30, took 1.5x the time at one image a pass).
 IMAGES_PER_PASS = 5
 ROWS_PER_PASS = IMAGES_PER_PASS * 100 * 10
-# Images a forward pass of predict takes: an image's logits are the same in any batch (Network.forward), its
-# probabilities (TensorFlow's softmax, unpadded) in the same batches of this size.
+# Images a forward pass of predict takes: an image's logits and probabilities are the same in any batch
+# (Network.forward, softmax).
 PREDICT_BATCH = 128
 # Images explained at once: their image parts (the top's rows, 216 KB an image in the lab's model) are held
 # through the pass over the background.
@@ -92,7 +91,7 @@ class Explainer:
         """Yield the explained outputs of logits (images, classes), float32, PREDICT_BATCH images at a time."""
         for start in range(0, len(logits), PREDICT_BATCH):
             batch = logits[start : start + PREDICT_BATCH]
-            yield batch if self.output == "logit" else tf.nn.softmax(batch).numpy()
+            yield batch if self.output == "logit" else softmax(batch)
 
     def expected_value(self, background: np.ndarray) -> np.ndarray:
         """Return the mean explained output over the background, E[f(background)], (classes,) float64.
@@ -258,6 +257,16 @@ class Explainer:
         if logits:
             self.background_logits = (background, np.concatenate(logits))
         return (totals / len(background)).astype(np.float32)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Return the softmax of logits (rows, classes) as float32, computed in float64 and rounded once. TensorFlow's
+    float32 softmax (oneDNN) gave other bits by the CPU's instructions (measured: at AVX than at AVX2 or AVX-512);
+    NumPy's float64 exp differs by CPU in its last bits at most, which the rounding hides but on a float32 rounding
+    boundary."""
+    shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    return (exp / exp.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
 def ahead(items: Iterator) -> Iterator:

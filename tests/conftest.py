@@ -149,20 +149,28 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) 
         assert fragment in error
 
 
+# Under shap's softmax rule, how far one float32 run's values may lie from float64's by its rounding alone, as a
+# share of the largest value (assert_as_exact_as_shap): under 1e-3, so that a 1e-3 error in a rule still fails.
+FLOAT32_SCATTER = 5e-4
+
+
 def assert_as_exact_as_shap(values: np.ndarray, shap_values: np.ndarray, exact: np.ndarray) -> None:
     """Assert that values lie no further from exact (shap's rules in float64) than twice shap's own float32 values,
-    plus 1e-5 of the largest value: twice, because where both round the same float32 layers (batch norm, pooling)
-    the engine's distance came within 4 % of shap's, either side.
+    or than FLOAT32_SCATTER of the largest value.
 
     Under shap's softmax rule a value divides by a logit's change, which takes the float32 rounding of the forward
     pass with it: shap's own values lay up to 6e-3 of the largest from float64's (measured, the tests' stacks), and
     TensorFlow's float32 forward rounds an image by the images beside it (oneDNN, on any CPU), so no other float32 run
-    can give shap's bits. The engine rounds each layer's float64 output once.
+    can give shap's bits. The engine rounds each layer's float64 output once, but its batch norm and pooling are
+    float32 as shap's are: its distance is of the size of shap's, not always below twice it. Twice covers the
+    engine's where both round the same float32 layers (it came within 4 % of shap's, either side, on an AVX2 Zen 2);
+    the floor, where shap's one float32 run happens to come closer: on the dropout and batch norm stack the engine
+    lay 2.9e-4 of the largest from float64 on that Zen 2 and on an AVX-512 Intel Xeon, shap 2.8e-4 and 6.8e-5.
     """
     largest = np.abs(exact).max()
     assert largest > 1e-3  # the comparison is not between zeros
     shap_error = np.abs(shap_values - exact).max()
-    assert np.abs(values - exact).max() <= 2 * shap_error + 1e-5 * largest
+    assert np.abs(values - exact).max() <= max(2 * shap_error, FLOAT32_SCATTER * largest)
 
 
 def set_param(directory: Path, section: str, key: str, value) -> None:

@@ -1,4 +1,4 @@
-"""The engine's bytes do not depend on the machine: BLAS kernel, numba's threads and vector width.
+"""The engine's bytes do not depend on the machine: BLAS kernel, oneDNN's, numba's threads and vector width.
 
 Each case runs in a fresh process, as a pipeline stage does on another machine, with the knob set
 before NumPy and numba load. The forward pass's Dense and Conv2D are float64 (OpenBLAS's, which the
@@ -54,13 +54,16 @@ def start_case(environment: dict, tmp_path: Path) -> subprocess.Popen:
 
 
 def case_result(process: subprocess.Popen) -> dict:
+    """Return the case's digests and OpenBLAS's kernel, and the ISA oneDNN names where ONEDNN_VERBOSE is set."""
     stdout, stderr = process.communicate(timeout=600)
     assert process.returncode == 0, stderr
-    return json.loads(stdout.strip().splitlines()[-1])
+    lines = stdout.strip().splitlines()
+    isa = [line.rpartition(",isa:")[2] for line in lines if line.startswith("onednn_verbose") and ",isa:" in line]
+    return {**json.loads(lines[-1]), "isa": isa[:1]}
 
 
 @pytest.mark.slow
-def test_bytes_do_not_depend_on_blas_kernel_numba_threads_or_vector_width(tmp_path):
+def test_bytes_do_not_depend_on_blas_or_onednn_kernels_numba_threads_or_vector_width(tmp_path):
     architecture = {"conv_filters": [8, 8], "kernel_size": 3, "pool_size": 2, "padding": "valid",
                     "dense_units": [64], "dropout": 0.0, "batch_norm": False}
     keras.utils.set_random_seed(0)
@@ -69,12 +72,13 @@ def test_bytes_do_not_depend_on_blas_kernel_numba_threads_or_vector_width(tmp_pa
     np.save(tmp_path / "background.npy", rng.random((40, 28, 28, 1), dtype=np.float32))
     np.save(tmp_path / "images.npy", rng.random((3, 28, 28, 1), dtype=np.float32))
 
-    # Each process changes one BLAS kernel and one numba setting at a time, to keep the test short. The
+    # Each process changes one BLAS kernel and one numba setting at a time, to keep the test short; the first runs
+    # TensorFlow's oneDNN at AVX, whose kernels are another family than the host's AVX2 or AVX-512 ones. The
     # first two load the host's loops from the shared cache, as a stage does; the third runs loops compiled
     # for a CPU with no vector instructions beyond SSE2, and so with the 8-lane register blocks (deepshap.kernels.
     # VECTOR) where the host has AVX-512's 16 lanes.
     cases = [
-        {"OPENBLAS_CORETYPE": "Haswell", "NUMBA_NUM_THREADS": "1"},
+        {"OPENBLAS_CORETYPE": "Haswell", "NUMBA_NUM_THREADS": "1", "ONEDNN_MAX_CPU_ISA": "AVX", "ONEDNN_VERBOSE": "1"},
         {"OPENBLAS_CORETYPE": "SkylakeX" if has_avx512() else "Sandybridge", "NUMBA_NUM_THREADS": "2"},
         {"OPENBLAS_CORETYPE": "Sandybridge", "NUMBA_CPU_NAME": "generic", "NUMBA_CACHE_DIR": str(generic_cache())},
     ]
@@ -88,6 +92,7 @@ def test_bytes_do_not_depend_on_blas_kernel_numba_threads_or_vector_width(tmp_pa
         third.kill()  # if a case failed first (a process that has ended is left as it is)
     # The knobs took effect: OpenBLAS ran the kernels asked for.
     assert [result["blas"][0] for result in results] == [case["OPENBLAS_CORETYPE"] for case in cases]
+    assert results[0]["isa"] == ["Intel AVX"]  # oneDNN's own line: it ran at AVX
     first = results[0]["digests"]
     assert len(set(first.values())) == 3  # the three rules give different values
     for environment, result in zip(cases, results):
