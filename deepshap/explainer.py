@@ -262,8 +262,8 @@ class Explainer:
 def softmax(logits: np.ndarray) -> np.ndarray:
     """Return the softmax of logits (rows, classes) as float32, computed in float64 and rounded once. TensorFlow's
     float32 softmax (oneDNN) gave other bits by the CPU's instructions (measured: at AVX than at AVX2 or AVX-512);
-    NumPy's float64 exp differs by CPU in its last bits at most, which the rounding hides but on a float32 rounding
-    boundary."""
+    NumPy's float64 exp differs by CPU in its last bits at most, which the rounding hides except where a value lies
+    that close to a float32 rounding boundary."""
     shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
     exp = np.exp(shifted)
     return (exp / exp.sum(axis=1, keepdims=True)).astype(np.float32)

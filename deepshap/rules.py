@@ -101,7 +101,7 @@ def dense(step: Step, grad: np.ndarray, image: None, references: None) -> np.nda
 # lab's Dense gave an image other bits in a batch of 1 than of 128 on an AVX-512 CPU; on an AVX2 one in batches of
 # 1 to 16, and any row in reversed order; a 4 -> 6 channel conv on 6x6 other bits in a batch of 5 than of 2), and an
 # image's values must not depend on the images explained with it. float64's own differences are in its last bits,
-# which the rounding hides but where the float64 value lies within them of a float32 rounding boundary.
+# which the rounding hides except where a value lies that close to a float32 rounding boundary.
 def dense_forward(step: Step, x: tf.Tensor) -> tf.Tensor:
     # (n, inputs) float32 -> (n, units) float32: the map alone, the activation is a step of its own
     y = np.asarray(x, dtype=np.float64) @ step.constants["kernel_t"].T

@@ -71,7 +71,7 @@ class ShapEngine:
 def chosen_classes(values: np.ndarray, classes: np.ndarray) -> np.ndarray:
     """Return each image's classes' values: (images, *image shape, classes) -> (images, *image shape, k), with
     classes (images, k)."""
-    chosen = np.asarray(classes).reshape(len(classes), *[1] * (values.ndim - 2), -1)
+    chosen = np.expand_dims(np.asarray(classes), tuple(range(1, values.ndim - 1)))
     return np.take_along_axis(values, chosen, axis=-1)
 
 

@@ -151,9 +151,9 @@ def measure(model, background: np.ndarray, x_train: np.ndarray, y_train: np.ndar
     pixels = lab_sleeves(lab_images[T_SHIRT], x_train, y_train, params)
     rng = np.random.default_rng(params["seed"])
     explainers = rule_explainers(model, params["chunk_size"], params["engine"])
-    # The engine's forward pass, not TensorFlow's float32 one: an image's probabilities the same on any CPU and
-    # whatever images share its batch (measured: through Keras' predict, oneDNN at AVX2 moved the deletion curves'
-    # last digits).
+    # The engine's forward pass, not Keras' predict: the fast engine's probabilities of an image are the same on any
+    # CPU and whatever images share its batch (measured: through Keras' predict, oneDNN at AVX2 moved the deletion
+    # curves' last digits); the accelerated engine's are its device's.
     predict = explainers["shap"].predict
     probabilities = predict(images)
     predicted = probabilities.argmax(axis=1)
