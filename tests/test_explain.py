@@ -87,7 +87,9 @@ EXPLAIN_ARGS = ["models/model.weights.h5", "data/background.npy", "data/test", "
                 "reports/explain.json", "metrics/timing.json"]
 
 
-@pytest.mark.parametrize("output", ["probability", "logit"])
+# The probability case runs shap twice (float32 and float64): 10 s, the quick lane's slowest test; the logit case
+# runs the same stage paths in the quick lane.
+@pytest.mark.parametrize("output", [pytest.param("probability", marks=pytest.mark.slow), "logit"])
 def test_both_engines_give_the_same_values(explained, tmp_path, monkeypatch, output):
     copy_inputs(explained, tmp_path, engine="shap", output=output)
     monkeypatch.chdir(tmp_path)
