@@ -167,7 +167,7 @@ def measure(model, background: np.ndarray, x_train: np.ndarray, y_train: np.ndar
     print(f"trust: diagnostics, {len(references)} references one at a time")
     per_reference = diagnostics(explainers, lab_images, references)
     maps = predicted_maps(explainers, background, images, predicted, lab, values)
-    deletion = deletion_test(predict, images, maps, background.mean(axis=0), params["deletion_steps"],
+    deletion = deletion_test(predict, images, predicted, maps, background.mean(axis=0), params["deletion_steps"],
                              params["random_orders"], rng)
     randomization, trained, randomized = randomization_check(model, images, background, maps["shap"], params,
                                                              predicted)

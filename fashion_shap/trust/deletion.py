@@ -18,17 +18,18 @@ def deletion_curves(predict: Callable[[np.ndarray], np.ndarray], image: np.ndarr
     return probabilities.reshape(len(orders), len(counts))
 
 
-def deletion_test(predict: Callable[[np.ndarray], np.ndarray], images: np.ndarray, maps: dict[str, np.ndarray],
-                  fill: np.ndarray, steps: int, random_orders: int, rng) -> dict[str, np.ndarray]:
+def deletion_test(predict: Callable[[np.ndarray], np.ndarray], images: np.ndarray, predicted: np.ndarray,
+                  maps: dict[str, np.ndarray], fill: np.ndarray, steps: int, random_orders: int, rng
+                  ) -> dict[str, np.ndarray]:
     """Return the deletion curves of every image, (images, steps + 1): in random order, and in each rule's
     order ("<rule>_order") and its reverse ("<rule>_reverse_order").
 
     predict: images (n, *image shape) -> the model's probabilities (n, classes).
+    predicted: each image's predicted class (images,), whose probability the curves follow.
     maps: per rule, each image's map for its predicted class (images, *image shape); a rule orders the
     image's pixels by it, largest first. All rules share the random orders.
     """
     print(f"trust: deletion test, {len(images)} images")
-    predicted = predict(images).argmax(axis=1)
     curves = defaultdict(list)
     for index, (image, target) in enumerate(zip(images, predicted)):
         rankings = {name: np.argsort(-rule_maps[index].ravel(), kind="stable") for name, rule_maps in maps.items()}
