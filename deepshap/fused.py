@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from deepshap.kernels import aligned
 from deepshap.kernels_block import block_backward
 from deepshap.kernels_input import pool_conv_backward
 from deepshap.kernels_top import dense_top_backward, image_rows, pair_terms
@@ -101,7 +102,7 @@ def run_block(constants: dict, grad: np.ndarray, image_reads: list, reference_re
 
 def top_constants(hidden: Step, relu: Step, head: Step) -> dict:
     """Return the top's kernels, transposed: hidden (units, inputs) float32, head (logits, units) float64."""
-    return {"hidden": np.ascontiguousarray(hidden.constants["kernel_t"], dtype=np.float32),
+    return {"hidden": aligned(hidden.constants["kernel_t"]),
             "head": head.constants["kernel_t"]}
 
 

@@ -4,7 +4,7 @@ import numba
 import numpy as np
 import pytest
 
-from deepshap.kernels import BLOCKS, VECTOR, add_rows, add_tile, fma, window_maxima
+from deepshap.kernels import BLOCKS, CACHE_LINE, VECTOR, add_rows, add_tile, aligned, fma, window_maxima
 
 
 @numba.njit(cache=True)
@@ -17,6 +17,20 @@ def test_fma_rounds_once_on_every_cpu():
     # a * a = 1 + 2^-11 + 2^-24 exactly: rounded to float32 first, the 2^-24 is lost.
     assert a * a + c == 0
     assert fused_multiply_add(a, a, c) == np.float32(2**-24)
+
+
+@pytest.mark.parametrize("offset", [0, 4, 16, 32])
+def test_aligned_puts_the_same_values_on_a_cache_line(offset):
+    rows = np.arange(3 * 40, dtype=np.float64).reshape(3, 40) / 7
+    buffer = np.empty(rows.size * 4 + 2 * CACHE_LINE, dtype=np.uint8)
+    start = -buffer.ctypes.data % CACHE_LINE + offset
+    placed = buffer[start : start + rows.size * 4].view(np.float32).reshape(rows.shape)  # offset bytes past a line
+    placed[...] = rows
+    out = aligned(placed)
+    assert out.ctypes.data % CACHE_LINE == 0 and out.flags.c_contiguous and out.dtype == np.float32
+    np.testing.assert_array_equal(out, rows.astype(np.float32))
+    assert (out is placed) == (offset == 0)  # a copy only where the rows start mid-line
+    assert aligned(rows.T, None).dtype == np.float64 and aligned(rows.T, None).flags.c_contiguous
 
 
 def test_add_rows_sums_the_chosen_rows_of_a_tile():
