@@ -19,18 +19,22 @@ def test_fma_rounds_once_on_every_cpu():
     assert fused_multiply_add(a, a, c) == np.float32(2**-24)
 
 
-@pytest.mark.parametrize("offset", [0, 4, 16, 32])
+@pytest.mark.parametrize("offset", [0, 8, 16, 32])
 def test_aligned_puts_the_same_values_on_a_cache_line(offset):
     rows = np.arange(3 * 40, dtype=np.float64).reshape(3, 40) / 7
-    buffer = np.empty(rows.size * 4 + 2 * CACHE_LINE, dtype=np.uint8)
+    buffer = np.empty(rows.nbytes + 2 * CACHE_LINE, dtype=np.uint8)
     start = -buffer.ctypes.data % CACHE_LINE + offset
-    placed = buffer[start : start + rows.size * 4].view(np.float32).reshape(rows.shape)  # offset bytes past a line
+    placed = buffer[start : start + rows.nbytes].view(np.float64).reshape(rows.shape)  # offset bytes past a line
     placed[...] = rows
-    out = aligned(placed)
-    assert out.ctypes.data % CACHE_LINE == 0 and out.flags.c_contiguous and out.dtype == np.float32
-    np.testing.assert_array_equal(out, rows.astype(np.float32))
-    assert (out is placed) == (offset == 0)  # a copy only where the rows start mid-line
-    assert aligned(rows.T, None).dtype == np.float64 and aligned(rows.T, None).flags.c_contiguous
+    for dtype in (np.float32, None):  # float64 rows rounded to float32 (the top's kernel), or kept as they are
+        out = aligned(placed, dtype)
+        assert out.ctypes.data % CACHE_LINE == 0 and out.flags.c_contiguous
+        assert out.dtype == (np.float32 if dtype else np.float64)
+        np.testing.assert_array_equal(out, rows.astype(out.dtype))
+    assert (aligned(placed, None) is placed) == (offset == 0)  # a copy only where the rows start mid-line
+    transposed = aligned(placed.T, None)  # not C-contiguous: copied
+    assert transposed.ctypes.data % CACHE_LINE == 0 and transposed.flags.c_contiguous
+    np.testing.assert_array_equal(transposed, rows.T)
 
 
 def test_add_rows_sums_the_chosen_rows_of_a_tile():
