@@ -9,14 +9,13 @@ at the model's input, the block's loop runs the same arithmetic itself, pair by 
 import numba
 import numpy as np
 
-from deepshap.kernels import THREAD_BLOCKS, TILE, add_tile, aligned
+from deepshap.kernels import THREAD_BLOCKS, TILE, add_tile
 
 
 def image_rows(on: np.ndarray, hidden: np.ndarray, head: np.ndarray) -> np.ndarray:
     """Return head[:, on] @ hidden[on], (logits, inputs) float32: the part of the top's product that is the image's
-    alone (see dense_top_backward), summed in float64 and rounded once, so the BLAS's order cannot show; on a
-    cache line (deepshap.kernels.aligned)."""
-    return aligned(head[:, on] @ hidden[on].astype(np.float64))
+    alone (see dense_top_backward), summed in float64 and rounded once, so the BLAS's order cannot show."""
+    return (head[:, on] @ hidden[on].astype(np.float64)).astype(np.float32)
 
 
 def dense_top_backward(grad: np.ndarray, on: np.ndarray, rule: np.ndarray, hidden: np.ndarray, head: np.ndarray,

@@ -4,7 +4,17 @@ import numba
 import numpy as np
 import pytest
 
-from deepshap.kernels import BLOCKS, CACHE_LINE, VECTOR, add_rows, add_tile, aligned, fma, window_maxima
+from deepshap.kernels import (
+    BLOCKS,
+    CACHE_LINE,
+    VECTOR,
+    add_rows,
+    add_tile,
+    aligned,
+    aligned_empty,
+    fma,
+    window_maxima,
+)
 
 
 @numba.njit(cache=True)
@@ -22,9 +32,8 @@ def test_fma_rounds_once_on_every_cpu():
 @pytest.mark.parametrize("offset", [0, 8, 16, 32])
 def test_aligned_puts_the_same_values_on_a_cache_line(offset):
     rows = np.arange(3 * 40, dtype=np.float64).reshape(3, 40) / 7
-    buffer = np.empty(rows.nbytes + 2 * CACHE_LINE, dtype=np.uint8)
-    start = -buffer.ctypes.data % CACHE_LINE + offset
-    placed = buffer[start : start + rows.nbytes].view(np.float64).reshape(rows.shape)  # offset bytes past a line
+    line = aligned_empty((rows.nbytes + CACHE_LINE,), np.uint8)
+    placed = line[offset : offset + rows.nbytes].view(np.float64).reshape(rows.shape)  # offset bytes past a line
     placed[...] = rows
     for dtype in (np.float32, None):  # float64 rows rounded to float32 (the top's kernel), or kept as they are
         out = aligned(placed, dtype)
