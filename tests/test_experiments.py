@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 import pytest
 import yaml
-from conftest import declared_outs, dvc, git, pipeline_stages, stages_run
+from conftest import declared_outs, dvc, dvc_status, git, pipeline_stages, stages_run
 
 pytestmark = pytest.mark.slow
 
@@ -193,7 +193,7 @@ def test_remote_push_and_pull_restore_every_output_bit_for_bit(project, tmp_path
     dvc("pull", cwd=project)
     for path, content in originals.items():
         assert (project / path).read_bytes() == content
-    assert dvc("status", "--json", cwd=project).stdout.strip() == "{}"
+    assert dvc_status(project) == {}
 
 
 def test_the_model_is_an_artifact_that_dvc_artifacts_get_fetches_from_a_clone(project, tmp_path):

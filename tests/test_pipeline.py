@@ -12,7 +12,7 @@ import shlex
 import shutil
 
 import pytest
-from conftest import declared_outs, dvc, git, lock_hashes, pipeline_stages, set_param, stages_run
+from conftest import declared_outs, dvc, dvc_status, git, lock_hashes, pipeline_stages, set_param, stages_run
 
 pytestmark = pytest.mark.slow
 
@@ -27,11 +27,6 @@ def downstream(stages: dict[str, dict], stage: str) -> set[str]:
     return found
 
 
-def changed_deps(project) -> dict[str, list[dict]]:
-    """Return `dvc status --json`: {stage: [{"changed deps": {...}}]} for each stage invalidated directly."""
-    return json.loads(dvc("status", "--json", cwd=project).stdout)
-
-
 def leaves(data: dict) -> dict[str, object]:
     """Return the leaves of nested JSON data by their dotted path, as `dvc exp show` names its columns."""
     found = {}
@@ -42,7 +37,7 @@ def leaves(data: dict) -> dict[str, object]:
 
 
 def test_repro_builds_every_output_and_reports_a_few_headline_metrics(project):
-    assert changed_deps(project) == {}
+    assert dvc_status(project) == {}
     metrics = json.loads(dvc("metrics", "show", "--json", cwd=project).stdout)
     files = {path: leaves(content["data"]) for path, content in metrics[""]["data"].items()}
     assert set(files) == {
@@ -89,7 +84,7 @@ def test_every_stage_run_again_in_another_process_writes_the_same_bytes(project,
         module, arguments = stage_command(stage)
         importlib.import_module(module).main(arguments)
     assert all(path.exists() for path in outs)
-    assert changed_deps(project) == {}  # dvc hashes every output as dvc.lock has it
+    assert dvc_status(project) == {}  # dvc hashes every output as dvc.lock has it
 
 
 @pytest.mark.parametrize(
@@ -107,7 +102,7 @@ def test_a_param_invalidates_its_stage_alone_and_reaches_what_reads_its_outputs(
     """The README's promise of what a param reruns: the param is declared by its own stage only, and
     the stages after it in dvc.yaml's graph are the rest of the list."""
     set_param(project, section, key, value)
-    assert changed_deps(project) == {section: [{"changed deps": {"params.yaml": {f"{section}.{key}": "modified"}}}]}
+    assert dvc_status(project) == {section: [{"changed deps": {"params.yaml": {f"{section}.{key}": "modified"}}}]}
     assert {section} | downstream(pipeline_stages(project), section) == reruns
 
 
@@ -115,9 +110,9 @@ def test_the_head_rule_reaches_explain_and_mistakes_but_not_trust_and_the_engine
     """Trust measures every rule itself, with the engine the explain section names; the mistakes stage explains
     with the explain stage's engine and rule."""
     set_param(project, "explain", "softmax_rule", "shapley")
-    assert set(changed_deps(project)) == {"explain", "mistakes"}
+    assert set(dvc_status(project)) == {"explain", "mistakes"}
     set_param(project, "explain", "engine", "accelerated")
-    assert set(changed_deps(project)) == {"explain", "trust", "mistakes"}
+    assert set(dvc_status(project)) == {"explain", "trust", "mistakes"}
 
 
 def test_run_cache_gives_back_the_outputs_of_the_same_params(project):
@@ -141,7 +136,7 @@ def test_failed_stage_reports_one_line_and_checkout_restores_the_last_good_outpu
     git("checkout", "params.yaml", cwd=project)
     dvc("checkout", cwd=project)
     assert (project / "models/model.weights.h5").read_bytes() == model
-    assert changed_deps(project) == {}
+    assert dvc_status(project) == {}
 
 
 def test_a_fresh_clone_reproduces_everything_and_leaves_git_status_clean(built_project, tmp_path):
@@ -153,4 +148,4 @@ def test_a_fresh_clone_reproduces_everything_and_leaves_git_status_clean(built_p
     ran = stages_run(dvc("repro", cwd=clone).stdout)
     assert "train" in ran and "explain" not in ran
     assert git("status", "--porcelain", cwd=clone).stdout == ""
-    assert changed_deps(clone) == {}
+    assert dvc_status(clone) == {}
