@@ -25,7 +25,7 @@ import yaml
 from conftest import ROOT, assert_one_line_error, dvc, run_stage, set_param
 from mistakes_data import ARGS, IMAGES, SETTINGS, copy_with, inputs, weights
 
-from fashion_shap.mistakes.shards import explain_in_process
+from fashion_shap.mistakes.shards import connect, disconnect, explain_in_process
 from fashion_shap.model import load_model
 from fashion_shap.params import PipelineError
 from stages.mistakes import main
@@ -146,12 +146,10 @@ def wait_for_started(log: Path, processes: list[subprocess.Popen], timeout: floa
 
 
 def run_mistakes(directory: Path, **environment: str) -> subprocess.Popen:
-    """Start the stage in directory, as dvc.yaml runs it, with these environment variables added (and Ray's idle
-    workers left to the stage's own default)."""
-    inherited = {name: value for name, value in os.environ.items() if name != "RAY_prestart_worker_first_driver"}
+    """Start the stage in directory, as dvc.yaml runs it, with these environment variables added."""
     return subprocess.Popen([sys.executable, "-m", "stages.mistakes", *ARGS], cwd=directory, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env=dict(inherited, **RAY_ENV, **environment))
+                            env=dict(os.environ, **RAY_ENV, **environment))
 
 
 @pytest.mark.slow
@@ -176,18 +174,15 @@ def test_stage_runs_on_a_two_node_cluster_through_the_address_param_and_a_worker
     assert not (damaged / "out").exists()
 
 
-def title(process: psutil.Process) -> str:
-    """Return the process's command line, "" once it has ended (Ray titles its own: ray::IDLE, ray::RayWorker...)."""
-    try:
-        return " ".join(process.cmdline())
-    except psutil.NoSuchProcess:
-        return ""
-
-
 def explaining_worker(stage: subprocess.Popen) -> psutil.Process | None:
     """Return a Ray worker of the stage's own Ray that is explaining a shard right now, if any."""
-    return next((process for process in psutil.Process(stage.pid).children(recursive=True)
-                 if title(process).startswith("ray::RayWorker.explain")), None)
+    for process in psutil.Process(stage.pid).children(recursive=True):
+        try:
+            if " ".join(process.cmdline()).startswith("ray::RayWorker.explain"):
+                return process
+        except psutil.NoSuchProcess:
+            pass
+    return None
 
 
 def slow_stage(prepared: Path, mistaken: Path, target: Path) -> Path:
@@ -217,18 +212,25 @@ def family_once_explaining(process: subprocess.Popen, timeout: float = 300) -> l
 
 
 @pytest.mark.slow
-def test_a_local_ray_starts_no_idle_workers_and_ctrl_c_is_one_line_leaving_no_ray_process_nor_session(
-        prepared, mistaken, tmp_path, ray_root):
-    """One local Ray for two checks (its start is most of either's time): the stage's own local Ray starts no idle
-    workers, one per core, that the actors could not take (they run with WORKER_ENV); Ctrl-C stops it all."""
+def test_a_local_ray_starts_no_idle_workers_that_the_actors_could_not_take(ray_root, monkeypatch):
+    monkeypatch.setenv("RAY_TMPDIR", str(ray_root))
+    monkeypatch.delenv("RAY_prestart_worker_first_driver", raising=False)  # connect's default, not the caller's
+    session = connect("", 2)
+    try:
+        titles = [" ".join(process.cmdline()) for process in psutil.Process().children(recursive=True)]
+        assert any(title.startswith("ray::RuntimeEnvAgent") for title in titles)  # the check below sees Ray's names
+        assert not any(title.startswith("ray::IDLE") for title in titles)
+    finally:
+        disconnect(session)
+
+
+@pytest.mark.slow
+def test_ctrl_c_on_ray_is_one_line_and_leaves_no_ray_process_nor_session(prepared, mistaken, tmp_path, ray_root):
     directory = slow_stage(prepared, mistaken, tmp_path / "stage")
     stage = run_mistakes(directory, RAY_TMPDIR=str(ray_root))
     family = []
     try:
         family = family_once_explaining(stage)
-        titles = [title(member) for member in family]
-        assert any(title.startswith("ray::RuntimeEnvAgent") for title in titles)  # the check below sees Ray's names
-        assert not any(title.startswith("ray::IDLE") for title in titles)
         # A terminal's Ctrl-C signals the whole foreground group, but Ray's processes block SIGINT: the stage is
         # the one to act.
         stage.send_signal(signal.SIGINT)
