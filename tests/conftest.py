@@ -17,21 +17,21 @@ for _variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS"
                   "TF_NUM_INTEROP_THREADS"):
     os.environ.setdefault(_variable, "1")
 
-import contextlib  # noqa: E402
-import fcntl  # noqa: E402
-import gzip  # noqa: E402
-import hashlib  # noqa: E402
-import shutil  # noqa: E402
-import struct  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import tomllib  # noqa: E402
-from pathlib import Path  # noqa: E402
+import contextlib
+import fcntl
+import gzip
+import hashlib
+import shutil
+import struct
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import yaml  # noqa: E402
-from configobj import ConfigObj  # noqa: E402
+import numpy as np
+import pytest
+import yaml
+from configobj import ConfigObj
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAIN_SIZE = 200
